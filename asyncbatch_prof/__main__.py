@@ -1,0 +1,3 @@
+from asyncbatch_prof.cli import main
+
+main()

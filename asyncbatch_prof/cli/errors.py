@@ -1,0 +1,40 @@
+"""Expected errors end at the CLI edge as one line on stderr and a non-zero exit, never a traceback."""
+
+from __future__ import annotations
+
+import sys
+from contextlib import contextmanager
+from typing import Iterator
+
+import typer
+
+
+class AbprofError(Exception):
+    """An error the user can act on; ``exit_code`` is the process exit code (2: bad input or usage)."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, exit_code: int | None = None):
+        super().__init__(message)
+        if exit_code is not None:
+            self.exit_code = exit_code
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    """Print ``abprof: error: message`` on stderr and return the Exit to raise."""
+    typer.echo(f"abprof: error: {message}", err=True)
+    return typer.Exit(code=code)
+
+
+@contextmanager
+def cli_errors() -> Iterator[None]:
+    """Turn AbprofError (and the usual bad-input errors) into one line and an exit code."""
+    try:
+        yield
+    except AbprofError as exc:
+        raise fail(str(exc), exc.exit_code) from None
+    except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+        raise fail(f"{exc.strerror}: {exc.filename}", 2) from None
+    except KeyboardInterrupt:
+        typer.echo("abprof: interrupted", err=True)
+        sys.exit(130)

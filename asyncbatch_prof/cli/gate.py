@@ -1,0 +1,10 @@
+"""`abprof gate` (being built: see its issue)."""
+
+from __future__ import annotations
+
+from asyncbatch_prof.cli.errors import fail
+
+
+def gate() -> None:
+    """Not available yet in this build."""
+    raise fail("'abprof gate' is not available in this build yet")

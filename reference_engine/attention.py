@@ -1,0 +1,120 @@
+"""Paged attention: the interface the model calls, and the plain-torch reference implementation.
+
+Layout (shared by every backend):
+
+- ``k_cache``/``v_cache``: ``[num_blocks, block_size, num_kv_heads, head_dim]``, one pair per layer.
+- A step's tokens are packed: ``q`` is ``[T, num_heads, head_dim]``, ``k``/``v`` ``[T, num_kv_heads, head_dim]``;
+  sequence ``i`` owns rows ``query_start_loc[i]:query_start_loc[i+1]``.
+- ``slot_mapping[t]`` = ``block_id * block_size + offset`` where token ``t``'s K/V go; ``-1`` skips
+  the token (padding in CUDA-graph batches).
+- ``context_lens[i]`` = tokens of sequence ``i`` in the cache *after* this step's tokens are stored;
+  its ``n`` query tokens sit at positions ``context_lens[i]-n .. context_lens[i]-1`` and attend
+  causally to every cached token up to their own position (prefill chunks over a cached prefix,
+  decodes, and mixtures of both in one step).
+- ``block_tables[i, j]`` = the cache block holding positions ``j*block_size ..`` of sequence ``i``.
+
+The CUDA fast path (Triton kernels reading K/V in place through the block tables) lives in
+``reference_engine.triton_attention`` and is chosen automatically for CUDA tensors when Triton is
+importable; this module's reference implementation is what it is tested against.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(slots=True)
+class AttentionMetadata:
+    """Where a step's tokens sit in the paged cache. Tensors live on the model's device."""
+
+    slot_mapping: torch.Tensor  # [T] int64
+    query_start_loc: torch.Tensor  # [B+1] int32
+    context_lens: torch.Tensor  # [B] int32
+    block_tables: torch.Tensor  # [B, max_blocks_per_seq] int32
+    max_query_len: int  # host-side bounds, so no kernel needs a device→host read
+    max_context_len: int
+    # Host copies of query_start_loc / context_lens for the reference path (avoids device syncs).
+    query_start_loc_host: list[int] | None = None
+    context_lens_host: list[int] | None = None
+
+    @property
+    def decode_only(self) -> bool:
+        """Every sequence contributes exactly one query token."""
+        return self.max_query_len == 1
+
+
+def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+             slot_mapping: torch.Tensor) -> None:
+    """Write a step's K/V into the paged cache through ``slot_mapping``, one operation per tensor."""
+    if k.is_cuda and _triton_backend() is not None:
+        _triton_backend().store_kv(k, v, k_cache, v_cache, slot_mapping)
+        return
+    store_kv_reference(k, v, k_cache, v_cache, slot_mapping)
+
+
+def store_kv_reference(k, v, k_cache, v_cache, slot_mapping) -> None:
+    """Plain torch: scatter rows whose slot is not -1."""
+    num_kv_heads, head_dim = k_cache.shape[2], k_cache.shape[3]
+    keep = slot_mapping >= 0
+    slots = slot_mapping[keep]
+    k_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slots, k[keep].to(k_cache.dtype))
+    v_cache.view(-1, num_kv_heads, head_dim).index_copy_(0, slots, v[keep].to(v_cache.dtype))
+
+
+def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                    meta: AttentionMetadata, scale: float | None = None) -> torch.Tensor:
+    """Causal attention of packed queries over the paged cache; returns ``[T, num_heads, head_dim]``."""
+    scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    backend = _triton_backend() if q.is_cuda else None
+    if backend is not None:
+        return backend.paged_attention(q, k_cache, v_cache, meta, scale)
+    return paged_attention_reference(q, k_cache, v_cache, meta, scale)
+
+
+def paged_attention_reference(q, k_cache, v_cache, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+    """Gather each sequence's K/V through its block table, then SDPA with a causal offset (slow, exact)."""
+    num_heads, head_dim = q.shape[1], q.shape[2]
+    num_kv_heads, block_size = k_cache.shape[2], k_cache.shape[1]
+    group = num_heads // num_kv_heads
+    qsl = meta.query_start_loc_host or meta.query_start_loc.tolist()
+    ctx = meta.context_lens_host or meta.context_lens.tolist()
+    out = torch.empty_like(q)
+    for i, length in enumerate(ctx):
+        start, end = qsl[i], qsl[i + 1]
+        n = end - start
+        if n == 0:
+            continue
+        nblocks = -(-length // block_size)
+        blocks = meta.block_tables[i, :nblocks].long()
+        keys = k_cache[blocks].reshape(-1, num_kv_heads, head_dim)[:length]
+        values = v_cache[blocks].reshape(-1, num_kv_heads, head_dim)[:length]
+        keys = keys.repeat_interleave(group, dim=1).transpose(0, 1).to(q.dtype)  # [H, L, D]
+        values = values.repeat_interleave(group, dim=1).transpose(0, 1).to(q.dtype)
+        query = q[start:end].transpose(0, 1)  # [H, n, D]
+        # query j sits at position length-n+j and sees keys 0..length-n+j
+        qpos = torch.arange(length - n, length, device=q.device).unsqueeze(1)
+        kpos = torch.arange(length, device=q.device).unsqueeze(0)
+        mask = kpos <= qpos
+        out[start:end] = F.scaled_dot_product_attention(query, keys, values, attn_mask=mask,
+                                                        scale=scale).transpose(0, 1)
+    return out
+
+
+_BACKEND: object | None | bool = False  # False: not looked up yet
+
+
+def _triton_backend():
+    """The Triton backend module, or None where Triton (or the module) is not available."""
+    global _BACKEND
+    if _BACKEND is False:
+        try:
+            from reference_engine import triton_attention
+        except ImportError:
+            _BACKEND = None
+        else:
+            _BACKEND = triton_attention if triton_attention.available() else None
+    return _BACKEND
