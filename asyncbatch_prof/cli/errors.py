@@ -8,16 +8,9 @@ from typing import Iterator
 
 import typer
 
+from asyncbatch_prof.errors import AbprofError
 
-class AbprofError(Exception):
-    """An error the user can act on; ``exit_code`` is the process exit code (2: bad input or usage)."""
 
-    exit_code = 2
-
-    def __init__(self, message: str, exit_code: int | None = None):
-        super().__init__(message)
-        if exit_code is not None:
-            self.exit_code = exit_code
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
