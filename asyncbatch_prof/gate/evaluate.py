@@ -1,0 +1,271 @@
+"""Run the checks of a GateSpec on head runs and baseline runs and decide the verdict.
+
+Verdict and exit code (the first that applies wins):
+
+====  ===========  ==========================================================================
+exit  verdict      when
+====  ===========  ==========================================================================
+2     (error)      usage or configuration error (raised as GateConfigError before any check)
+3     no-baseline  a baseline is required (``--require-baseline``) but none was given, or a
+                   ``--baseline`` path does not exist
+4     invalid      a checked metric is absent from a head or baseline run, a run's clocks
+                   throttled (``clock_throttled`` true; ``--allow-throttled`` makes it a warning),
+                   a run folder is incomplete, or a relative change has a zero baseline
+1     regression   an error-level check failed
+0     pass         everything else; warn-level failures are reported but do not fail
+====  ===========  ==========================================================================
+
+An invalid measurement outranks a regression: a throttled run's "regression" is not evidence.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from asyncbatch_prof.analysis.contract import lookup
+from asyncbatch_prof.errors import AbprofError
+from asyncbatch_prof.runfolder import INCOMPLETE, RUN_JSON, load_metrics, read_json
+
+from .spec import ABSOLUTE_KINDS, Check, GateSpec, default_checks
+from .stats import aggregate, mann_whitney_u, min_possible_p
+
+EXIT_PASS, EXIT_REGRESSION, EXIT_USAGE, EXIT_NO_BASELINE, EXIT_INVALID = 0, 1, 2, 3, 4
+
+# status of one check: pass | fail (error level) | warn (warn level failed) | invalid | skip
+STATUSES = ("pass", "fail", "warn", "invalid", "skip")
+
+
+class BaselineMissingError(AbprofError):
+    """A baseline was required and is not there (exit 3)."""
+
+    exit_code = EXIT_NO_BASELINE
+
+
+@dataclass(slots=True)
+class Run:
+    """One measured run: where it came from and its metrics.json document (None if it is not usable)."""
+
+    path: str
+    doc: dict[str, Any] | None
+    problem: str | None = None  # why the run cannot be used (incomplete folder)
+
+
+@dataclass(slots=True)
+class CheckResult:
+    """The outcome of one check; values in the metric's unit, delta in the threshold's unit."""
+
+    metric: str
+    kind: str
+    threshold: float
+    unit: str  # the threshold's unit
+    metric_unit: str
+    level: str
+    better: str  # "lower" or "higher", from the contract
+    source: str
+    status: str = "pass"
+    head: float | None = None
+    baseline: float | None = None
+    delta: float | None = None
+    head_values: list[float] = field(default_factory=list)
+    baseline_values: list[float] = field(default_factory=list)
+    p_value: float | None = None
+    significant: bool | None = None  # None: not tested (absolute budget, or too few samples)
+    note: str = ""
+
+    @property
+    def name(self) -> str:
+        """A stable test name: ``gpu_idle_pct max_increase_pp 2``."""
+        if self.kind == "not_throttled":
+            return "clock_throttled not_throttled"
+        return f"{self.metric} {self.kind} {self.threshold:g}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, **asdict(self)}
+
+
+@dataclass(slots=True)
+class GateResult:
+    """All check results, the runs they were computed from, and the exit code."""
+
+    checks: list[CheckResult]
+    head: list[str]
+    baseline: list[str]
+    spec: GateSpec
+    notes: list[str] = field(default_factory=list)
+    head_docs: list[dict[str, Any]] = field(default_factory=list, repr=False)
+
+    def head_metric_values(self, metric: str) -> list[float]:
+        """The metric's value in every usable head run that has it (for exports beyond the checks)."""
+        values = [lookup(doc, metric)[0] for doc in self.head_docs]
+        return [v for v in values if v is not None]
+
+    @property
+    def exit_code(self) -> int:
+        statuses = {c.status for c in self.checks}
+        if "invalid" in statuses:
+            return EXIT_INVALID
+        if "fail" in statuses:
+            return EXIT_REGRESSION
+        return EXIT_PASS
+
+    @property
+    def verdict(self) -> str:
+        return {EXIT_PASS: "pass", EXIT_REGRESSION: "regression", EXIT_INVALID: "invalid"}[self.exit_code]
+
+    def counts(self) -> dict[str, int]:
+        return {s: sum(c.status == s for c in self.checks) for s in STATUSES}
+
+
+def load_run(path: str | Path, role: str) -> Run:
+    """Load a head or baseline run (a run folder or a metrics.json file).
+
+    A path that does not exist is a usage error for the head (exit 2) and a missing baseline for a
+    baseline (exit 3); a folder that exists but is incomplete becomes an invalid run (exit 4).
+    """
+    p = Path(path)
+    if not p.exists():
+        if role == "baseline":
+            raise BaselineMissingError(f"baseline not found: {p}")
+        raise AbprofError(f"run not found: {p}")
+    if p.is_dir():
+        if (p / INCOMPLETE).exists():
+            reason = (p / INCOMPLETE).read_text(errors="replace").strip() or "no reason recorded"
+            return Run(str(p), None, f"run folder is incomplete: {reason}")
+        if (p / RUN_JSON).exists() and read_json(p / RUN_JSON).get("status") != "complete":
+            return Run(str(p), None, "run folder is not marked complete")
+    return Run(str(p), load_metrics(p))
+
+
+def run_gate(head: Sequence[str | Path], baselines: Sequence[str | Path], spec: GateSpec) -> GateResult:
+    """Load the runs and evaluate every check of ``spec`` (see the module docstring for the verdicts)."""
+    if not head:
+        raise AbprofError("give at least one head run (a run folder or a metrics.json file)")
+    head_runs = [load_run(p, "head") for p in head]
+    base_runs = [load_run(p, "baseline") for p in baselines]
+    notes: list[str] = []
+    checks = list(spec.checks)
+    if not checks:
+        if not base_runs:
+            raise AbprofError(
+                "nothing to check: give budgets (--max/--min, ...), a [gate] table in abprof.toml "
+                "or [tool.abprof.gate] in pyproject.toml, or a --baseline to use the default budget"
+            )
+        checks = default_checks()
+        notes.append("no budget configured: using the default " + ", ".join(f"{c.metric} {c.describe()}" for c in checks))
+    if spec.require_baseline and not base_runs:
+        raise BaselineMissingError("a baseline is required (--require-baseline) but no --baseline was given")
+    results = [_throttle_check(head_runs + base_runs, spec)]
+    results += [evaluate_check(c, head_runs, base_runs, spec) for c in checks]
+    for run in head_runs + base_runs:
+        if run.problem:
+            notes.append(f"{run.path}: {run.problem}")
+    head_docs = [r.doc for r in head_runs if r.doc is not None]
+    return GateResult(results, [r.path for r in head_runs], [r.path for r in base_runs], spec, notes, head_docs)
+
+
+def _blank(check: Check) -> CheckResult:
+    m = check.contract
+    return CheckResult(check.metric, check.kind, check.value, check.unit, m.unit, check.level, m.better, check.source)
+
+
+def _values(runs: list[Run], metric: str) -> tuple[list[float], list[str]]:
+    """The metric's value in each run, and why it is missing where it is."""
+    values, missing = [], []
+    for run in runs:
+        if run.doc is None:
+            missing.append(f"{run.path}: {run.problem}")
+            continue
+        value, reason = lookup(run.doc, metric)
+        if value is None:
+            missing.append(f"{run.path}: {reason}")
+        else:
+            values.append(value)
+    return values, missing
+
+
+def evaluate_check(check: Check, head: list[Run], base: list[Run], spec: GateSpec) -> CheckResult:
+    """Evaluate one check: aggregate each side, compare with the threshold, test significance."""
+    res = _blank(check)
+    res.head_values, missing = _values(head, check.metric)
+    if base:
+        res.baseline_values, missing_base = _values(base, check.metric)
+        missing += [f"baseline {m}" for m in missing_base]
+    if missing:
+        res.status, res.note = "invalid", f"{check.metric} is absent: " + "; ".join(missing)
+        return res
+    res.head = aggregate(res.head_values, spec.aggregate)
+    if base:
+        res.baseline = aggregate(res.baseline_values, spec.aggregate)
+    if check.kind in ABSOLUTE_KINDS:
+        exceeded = res.head > check.value if check.kind == "max" else res.head < check.value
+        res.delta = None if res.baseline is None else res.head - res.baseline
+        return _decide(res, exceeded, significant=None)
+    if res.baseline is None:
+        res.status, res.note = "skip", "no baseline given: nothing to compare with (first run?)"
+        return res
+    if check.unit == "pp":
+        res.delta = res.head - res.baseline
+    else:
+        if res.baseline == 0:
+            res.status = "invalid"
+            res.note = "baseline is 0: a change in percent is undefined (use an absolute budget)"
+            return res
+        res.delta = 100.0 * (res.head - res.baseline) / abs(res.baseline)
+    worse_up = check.kind.startswith("max_increase")
+    change = res.delta if worse_up else -res.delta
+    exceeded = change > check.value
+    significant = None
+    m, n = len(res.head_values), len(res.baseline_values)
+    if m >= spec.min_samples and n >= spec.min_samples:
+        _, res.p_value = mann_whitney_u(res.head_values, res.baseline_values, "greater" if worse_up else "less")
+        significant = res.p_value <= spec.alpha
+    elif m > 1 or n > 1:
+        res.note = (
+            f"too few runs to judge significance ({m} head, {n} baseline; {spec.min_samples} needed per side): "
+            "threshold only"
+        )
+    else:
+        res.note = "one run per side: threshold only"
+    if significant is not None and spec.alpha < min_possible_p(m, n):
+        res.note = f"alpha {spec.alpha:g} is below the smallest p reachable with {m}+{n} samples"
+    return _decide(res, exceeded, significant)
+
+
+def _decide(res: CheckResult, exceeded: bool, significant: bool | None) -> CheckResult:
+    res.significant = significant
+    if not exceeded:
+        res.status = "pass"
+    elif significant is False:
+        res.status = "pass"
+        res.note = f"over the threshold but not significant (p={res.p_value:.3g}): treated as noise"
+    else:
+        res.status = "fail" if res.level == "error" else "warn"
+    return res
+
+
+def _throttle_check(runs: list[Run], spec: GateSpec) -> CheckResult:
+    """One check over every run: no run's clocks may have throttled (NVML's clock-event reasons)."""
+    res = CheckResult("clock_throttled", "not_throttled", 0.0, "bool", "bool", "error", "lower", "always")
+    throttled, unknown = [], []
+    for run in runs:
+        if run.doc is None:
+            continue  # reported by the metric checks and in the notes
+        value, _ = lookup(run.doc, "clock_throttled")
+        if value is None:
+            unknown.append(run.path)
+        elif value:
+            throttled.append(run.path)
+    res.head_values = [1.0 if r.path in throttled else 0.0 for r in runs if r.doc is not None and r.path not in unknown]
+    if throttled:
+        res.note = "clocks throttled during " + ", ".join(throttled)
+        if spec.allow_throttled:
+            res.status, res.note = "warn", res.note + " (allowed by --allow-throttled)"
+        else:
+            res.status = "invalid"
+    elif unknown and len(unknown) == len([r for r in runs if r.doc is not None]):
+        res.status, res.note = "skip", "clock state not recorded (no NVML): cannot tell whether clocks throttled"
+    elif unknown:
+        res.note = "clock state not recorded for " + ", ".join(unknown)
+    return res
