@@ -218,9 +218,14 @@ def evaluate_check(check: Check, head: list[Run], base: list[Run], spec: GateSpe
     exceeded = change > check.value
     significant = None
     m, n = len(res.head_values), len(res.baseline_values)
-    if m >= spec.min_samples and n >= spec.min_samples:
+    if m >= spec.min_samples and n >= spec.min_samples and min_possible_p(m, n) <= spec.alpha:
         _, res.p_value = mann_whitney_u(res.head_values, res.baseline_values, "greater" if worse_up else "less")
         significant = res.p_value <= spec.alpha
+    elif m >= spec.min_samples and n >= spec.min_samples:
+        res.note = (
+            f"too few runs to judge significance at alpha {spec.alpha:g} ({m} head, {n} baseline can reach "
+            f"p = {min_possible_p(m, n):.3g} at best): threshold only"
+        )
     elif m > 1 or n > 1:
         res.note = (
             f"too few runs to judge significance ({m} head, {n} baseline; {spec.min_samples} needed per side): "
@@ -228,8 +233,6 @@ def evaluate_check(check: Check, head: list[Run], base: list[Run], spec: GateSpe
         )
     else:
         res.note = "one run per side: threshold only"
-    if significant is not None and spec.alpha < min_possible_p(m, n):
-        res.note = f"alpha {spec.alpha:g} is below the smallest p reachable with {m}+{n} samples"
     return _decide(res, exceeded, significant)
 
 
