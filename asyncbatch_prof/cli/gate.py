@@ -18,11 +18,11 @@ def _opt(help_text: str, *names: str):
 
 def gate(
     runs: Annotated[list[Path], typer.Argument(
-        help="Head runs: run folders or metrics.json files. Several runs are repeats of one measurement.",
-        show_default=False)],
+        metavar="RUN", help="Head runs: run folders or metrics.json files. Several runs are repeats of one "
+        "measurement.", show_default=False)],
     *,
     baseline: Annotated[Optional[list[Path]], typer.Option(
-        "--baseline", "-b", help="A baseline run (folder or metrics.json); repeat for several baseline runs.",
+        "--baseline", "-b", metavar="RUN", help="A baseline run (folder or metrics.json); repeat for several baseline runs.",
         show_default=False)] = None,
     max_: Annotated[Optional[list[str]], _opt("Budget: the head's aggregate must be <= NUMBER.", "--max")] = None,
     min_: Annotated[Optional[list[str]], _opt("Budget: the head's aggregate must be >= NUMBER.", "--min")] = None,
@@ -37,16 +37,16 @@ def gate(
     max_decrease_pct: Annotated[Optional[list[str]], _opt(
         "Baseline: the head may be at most NUMBER percent below the baseline.", "--max-decrease-pct")] = None,
     config: Annotated[Optional[Path], typer.Option(
-        "--config", help="TOML file with a [gate] or [tool.abprof.gate] table. Default: ./abprof.toml, else "
-        "./pyproject.toml if it has [tool.abprof.gate].", show_default=False)] = None,
+        "--config", help="TOML file with a \\[gate] or \\[tool.abprof.gate] table. Default: ./abprof.toml, else "
+        "./pyproject.toml if it has \\[tool.abprof.gate].", show_default=False)] = None,
     no_config: Annotated[bool, typer.Option("--no-config", help="Ignore abprof.toml and pyproject.toml.")] = False,
     aggregate: Annotated[Optional[str], typer.Option(
-        help="How repeats are reduced: median, mean, min or max. [default: median]", show_default=False)] = None,
+        help="How repeats are reduced: median, mean, min or max.", show_default="median")] = None,
     alpha: Annotated[Optional[float], typer.Option(
-        help="Significance level of the one-sided Mann-Whitney U test. [default: 0.05]", show_default=False)] = None,
+        help="Significance level of the one-sided Mann-Whitney U test.", show_default="0.05")] = None,
     min_samples: Annotated[Optional[int], typer.Option(
-        help="Runs per side needed to test significance; with fewer, the threshold alone decides. [default: 3]",
-        show_default=False)] = None,
+        help="Runs per side needed to test significance; with fewer, the threshold alone decides.",
+        show_default="3")] = None,
     require_baseline: Annotated[bool, typer.Option(
         "--require-baseline", help="Exit 3 when no baseline is given.")] = False,
     allow_throttled: Annotated[bool, typer.Option(
@@ -64,16 +64,18 @@ def gate(
         "$GITHUB_STEP_SUMMARY when that is set.", show_default=False)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No table; the exit code and files only.")] = False,
 ) -> None:
-    """Check runs against budgets and a baseline, for CI.
+    """Check runs against budgets and a baseline, for CI; the exit code is the verdict.
 
-    Exit codes: [bold]0[/] pass (warnings allowed), [bold]1[/] regression, [bold]2[/] usage or config error
-    (unknown metric names included), [bold]3[/] baseline missing when required, [bold]4[/] invalid measurement
-    (a checked metric absent, clocks throttled, an incomplete run folder).
+    Exit codes: [bold]0[/] pass (warnings allowed), [bold]1[/] regression, [bold]2[/] usage or config error,
+    [bold]3[/] baseline missing when required, [bold]4[/] invalid measurement (metric absent, clocks throttled).
 
-    Idle shares compare in percentage points ([cyan]--max-increase-pp gpu_idle_pct=2[/]), throughputs and
-    latencies in percent ([cyan]--max-decrease-pct tokens_per_s=5[/]). With 3 or more runs on each side a
-    change fails only if it is also significant (one-sided Mann-Whitney U). With a baseline and no budget
-    at all, the default is gpu_idle_pct +2 pp and tokens_per_s -5%.
+    Idle shares compare in percentage points ([cyan]--max-increase-pp gpu_idle_pct=2[/]).
+
+    Throughputs and latencies compare in percent ([cyan]--max-decrease-pct tokens_per_s=5[/]).
+
+    With 3 or more runs per side a change fails only if it is also significant (one-sided Mann-Whitney U).
+
+    With a baseline and no budget at all, the default is gpu_idle_pct +2 pp and tokens_per_s -5%.
     """
     with cli_errors():
         from asyncbatch_prof.gate import find_config, load_config, merge, parse_option, run_gate

@@ -191,12 +191,16 @@ def evaluate_check(check: Check, head: list[Run], base: list[Run], spec: GateSpe
     res.head_values, missing = _values(head, check.metric)
     if base:
         res.baseline_values, missing_base = _values(base, check.metric)
-        missing += [f"baseline {m}" for m in missing_base]
+        if check.needs_baseline:
+            missing += [f"baseline {m}" for m in missing_base]
+        elif missing_base:  # an absolute budget only shows the baseline for context
+            res.baseline_values = []
+            res.note = "baseline lacks it: " + "; ".join(missing_base)
     if missing:
         res.status, res.note = "invalid", f"{check.metric} is absent: " + "; ".join(missing)
         return res
     res.head = aggregate(res.head_values, spec.aggregate)
-    if base:
+    if res.baseline_values:
         res.baseline = aggregate(res.baseline_values, spec.aggregate)
     if check.kind in ABSOLUTE_KINDS:
         exceeded = res.head > check.value if check.kind == "max" else res.head < check.value

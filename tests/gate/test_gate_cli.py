@@ -109,6 +109,14 @@ def test_exit_4_throttled_even_when_numbers_pass(gate_cli, run_dir):
     assert "throttled" in r.output
 
 
+def test_absolute_budget_does_not_need_the_baselines_value(gate_cli, run_dir):
+    base = run_dir(absent={"overlap_pct": "no annotations"})
+    r = gate_cli(run_dir(), "-b", base, "--min", "overlap_pct=90", "--json", "-")
+    assert r.exit_code == 0, r.output
+    check = checks_of(r)[1]["overlap_pct min 90"]
+    assert check["baseline"] is None and "baseline lacks it" in check["note"]
+
+
 def test_throttled_baseline_is_invalid_too(gate_cli, run_dir):
     assert gate_cli(run_dir(), "-b", run_dir(throttled=True)).exit_code == 4
 
