@@ -1,0 +1,82 @@
+"""Engine configuration: one validated dataclass, and the model presets."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+
+MODES = ("sync", "async")
+DTYPES = ("float32", "float16", "bfloat16")
+
+# Model shapes by name. Random weights from the engine's seed; bf16 on CUDA, fp32 on the CPU.
+PRESETS: dict[str, dict] = {
+    "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                 intermediate_size=128, vocab_size=512, max_position_embeddings=2048),
+    "llama-1b": dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
+                     intermediate_size=8192, vocab_size=32000, max_position_embeddings=4096),
+}
+
+
+def preset_config(name: str):
+    """A transformers ``LlamaConfig`` for a preset name."""
+    from transformers import LlamaConfig
+
+    if name not in PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; choose one of {sorted(PRESETS)} or a checkpoint folder")
+    return LlamaConfig(rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2, tie_word_embeddings=False, **PRESETS[name])
+
+
+@dataclass(slots=True)
+class EngineConfig:
+    """Everything that shapes an engine. ``None`` fields are resolved by the engine (see ``LLMEngine``)."""
+
+    model: str = "tiny"  # preset name or a checkpoint folder (config.json + *.safetensors)
+    mode: str = "sync"  # "sync" | "async"
+    device: str | None = None  # None: "cuda" if available else "cpu"
+    dtype: str | None = None  # None: bfloat16 on CUDA, float32 on CPU
+    max_batch_tokens: int = 2048
+    max_seqs: int = 256
+    block_size: int = 16
+    num_blocks: int | None = None  # None: from kv_cache_memory_gb (or a default budget)
+    kv_cache_memory_gb: float | None = None
+    cuda_graphs: bool | None = None  # None: on for CUDA, off on CPU
+    seed: int = 0
+    enable_eos: bool = False
+    max_model_len: int | None = None  # None: the model's max_position_embeddings
+
+    def __post_init__(self) -> None:
+        problems = []
+        if not isinstance(self.model, str) or not self.model:
+            problems.append("model must be a preset name or a checkpoint folder")
+        elif self.model not in PRESETS and not os.path.isfile(os.path.join(self.model, "config.json")):
+            problems.append(f"model {self.model!r} is neither a preset ({', '.join(sorted(PRESETS))}) "
+                            "nor a folder with a config.json")
+        if self.mode not in MODES:
+            problems.append(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.device is not None and not (isinstance(self.device, str) and
+                                            self.device.split(":")[0] in ("cpu", "cuda")):
+            problems.append(f"device must be None, 'cpu' or 'cuda[:N]', got {self.device!r}")
+        if self.dtype is not None:
+            name = str(self.dtype).removeprefix("torch.")
+            if name not in DTYPES:
+                problems.append(f"dtype must be None or one of {DTYPES}, got {self.dtype!r}")
+            else:
+                self.dtype = name
+        for field in ("max_batch_tokens", "max_seqs", "block_size"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                problems.append(f"{field} must be a positive integer, got {value!r}")
+        if self.num_blocks is not None and (not isinstance(self.num_blocks, int) or self.num_blocks < 1):
+            problems.append(f"num_blocks must be None or a positive integer, got {self.num_blocks!r}")
+        if self.kv_cache_memory_gb is not None and not (isinstance(self.kv_cache_memory_gb, (int, float))
+                                                        and self.kv_cache_memory_gb > 0):
+            problems.append(f"kv_cache_memory_gb must be None or > 0, got {self.kv_cache_memory_gb!r}")
+        if self.max_model_len is not None and (not isinstance(self.max_model_len, int) or self.max_model_len < 2):
+            problems.append(f"max_model_len must be None or an integer >= 2, got {self.max_model_len!r}")
+        if not isinstance(self.seed, int):
+            problems.append(f"seed must be an integer, got {self.seed!r}")
+        if problems:
+            raise ValueError("invalid EngineConfig: " + "; ".join(problems))
+
+    def to_dict(self) -> dict:
+        return asdict(self)

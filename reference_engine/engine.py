@@ -1,0 +1,154 @@
+"""LLMEngine: builds the model, the paged KV cache and the runner; ``generate`` runs a workload."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from reference_engine.async_loop import run_async
+from reference_engine.attention import _triton_backend
+from reference_engine.block_manager import BlockManager
+from reference_engine.config import PRESETS, EngineConfig, preset_config
+from reference_engine.model import (CausalLM, init_random_weights, load_checkpoint_config,
+                                    load_checkpoint_weights)
+from reference_engine.model_runner import ModelRunner
+from reference_engine.records import GenerateResult, RequestRecord
+from reference_engine.sampler import SamplingParams
+from reference_engine.scheduler import Scheduler
+from reference_engine.sequence import Request, Sequence
+from reference_engine.sync_loop import run_sync
+
+DEFAULT_KV_GB = {"cuda": 16.0, "cpu": 0.125}
+
+
+class LLMEngine:
+    def __init__(self, cfg: EngineConfig):
+        self.cfg = cfg
+        device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError("device='cuda' but torch sees no CUDA device")
+        self.device = device
+        self.dtype = getattr(torch, cfg.dtype) if cfg.dtype else (torch.bfloat16 if device.type == "cuda"
+                                                                  else torch.float32)
+        self.preset = cfg.model if cfg.model in PRESETS else None
+        self.model_config = preset_config(cfg.model) if self.preset else load_checkpoint_config(cfg.model)
+        mc = self.model_config
+        self.max_model_len = cfg.max_model_len or mc.max_position_embeddings
+        if self.max_model_len > mc.max_position_embeddings:
+            raise ValueError(f"max_model_len {self.max_model_len} exceeds the model's max_position_embeddings "
+                             f"({mc.max_position_embeddings})")
+        if cfg.cuda_graphs and device.type != "cuda":
+            raise ValueError("cuda_graphs=True needs a CUDA device")
+        with torch.device(device):
+            model = CausalLM(mc)
+        model.to(self.dtype)
+        if self.preset:
+            init_random_weights(model, cfg.seed)
+        else:
+            load_checkpoint_weights(model, cfg.model)
+        self.model = model.eval().requires_grad_(False)
+        self.vocab_size = mc.vocab_size
+        self.eos_token_id = _first(mc.eos_token_id) if cfg.enable_eos else None
+        if cfg.enable_eos and self.eos_token_id is None:
+            raise ValueError("enable_eos=True but the model config has no eos_token_id")
+        self.num_blocks = self._num_blocks()
+        attn = model.layers[0].self_attn
+        self.kv_cache = torch.zeros(2, mc.num_hidden_layers, self.num_blocks, cfg.block_size, attn.num_kv_heads,
+                                    attn.head_dim, dtype=self.dtype, device=device)
+        graphs = cfg.cuda_graphs if cfg.cuda_graphs is not None else device.type == "cuda"
+        self.runner = ModelRunner(model, self.kv_cache, max_batch_tokens=cfg.max_batch_tokens,
+                                  max_seqs=cfg.max_seqs, block_size=cfg.block_size,
+                                  max_model_len=self.max_model_len, device=device, cuda_graphs=graphs,
+                                  worker_thread=cfg.mode == "async")
+        self.cuda_graphs = bool(self.runner.graphs)
+
+    def _num_blocks(self) -> int:
+        cfg, mc = self.cfg, self.model_config
+        attn = self.model.layers[0].self_attn
+        bytes_per_block = (2 * mc.num_hidden_layers * cfg.block_size * attn.num_kv_heads * attn.head_dim
+                           * torch.finfo(self.dtype).bits // 8)
+        if cfg.num_blocks is not None:
+            return cfg.num_blocks
+        useful = cfg.max_seqs * -(-self.max_model_len // cfg.block_size)  # more could never be used
+        if cfg.kv_cache_memory_gb is not None:
+            budget = cfg.kv_cache_memory_gb * 1e9
+        else:
+            budget = DEFAULT_KV_GB[self.device.type] * 1e9
+            if self.device.type == "cuda":
+                free, _ = torch.cuda.mem_get_info(self.device)
+                budget = min(budget, 0.5 * free)
+            budget = min(budget, useful * bytes_per_block)
+        blocks = int(budget // bytes_per_block)
+        if blocks < 1:
+            raise ValueError(f"KV cache budget {budget / 1e9:.3g} GB holds no block of {bytes_per_block} bytes")
+        return blocks
+
+    # ---- running -----------------------------------------------------------------------------
+    def generate(self, requests: list[Request], sampling: SamplingParams | None = None,
+                 on_step=None) -> GenerateResult:
+        cfg = self.cfg
+        runner = self.runner
+        runner.params = sampling or SamplingParams()
+        runner.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        records = [RequestRecord(r.request_id, r.prompt_len, r.max_new_tokens, r.arrival_s) for r in requests]
+        seqs = [Sequence(r, rec) for r, rec in zip(requests, records)]
+        scheduler = Scheduler(BlockManager(self.num_blocks, cfg.block_size), cfg.max_batch_tokens, cfg.max_seqs,
+                              self.max_model_len, self.eos_token_id)
+        scheduler.add(seqs, self.vocab_size)
+        loop = run_async if cfg.mode == "async" else run_sync
+        start_epoch_ns = time.time_ns()
+        t0 = time.perf_counter()
+
+        def clock() -> float:
+            return time.perf_counter() - t0
+
+        steps = loop(scheduler, runner, clock, on_step, _idle)
+        wall = clock()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.last_scheduler = scheduler
+        return GenerateResult(records, wall, sum(len(r.output_token_ids) for r in records), steps, start_epoch_ns)
+
+    def warmup(self, num_steps: int = 8) -> None:
+        """A few unrecorded steps (prefill and decode) so that first-use costs stay out of a profile."""
+        n = max(1, min(self.cfg.max_seqs, 8))
+        prompt = max(1, min(32, self.max_model_len - num_steps - 1, self.cfg.max_batch_tokens // n))
+        reqs = [Request(i, [(7 * i + j) % self.vocab_size for j in range(prompt)], max(1, num_steps))
+                for i in range(n)]
+        self.generate(reqs)
+
+    def close(self) -> None:
+        self.runner.close()
+
+    def describe(self) -> dict:
+        mc, cfg = self.model_config, self.cfg
+        attn = self.model.layers[0].self_attn
+        return {
+            "model": cfg.model, "preset": self.preset, "model_type": mc.model_type,
+            "layers": mc.num_hidden_layers, "hidden": mc.hidden_size, "heads": attn.num_heads,
+            "kv_heads": attn.num_kv_heads, "head_dim": attn.head_dim, "intermediate": mc.intermediate_size,
+            "vocab": mc.vocab_size, "max_model_len": self.max_model_len,
+            "params": sum(p.numel() for p in self.model.parameters()),
+            "dtype": str(self.dtype).removeprefix("torch."), "device": str(self.device),
+            "mode": cfg.mode, "max_batch_tokens": cfg.max_batch_tokens, "max_seqs": cfg.max_seqs,
+            "block_size": cfg.block_size, "num_blocks": self.num_blocks,
+            "kv_cache_gb": self.kv_cache.numel() * self.kv_cache.element_size() / 1e9,
+            "cuda_graphs": self.cuda_graphs, "graph_batch_sizes": list(self.runner.graph_sizes),
+            "attention_backend": "triton" if (self.device.type == "cuda" and _triton_backend()) else "torch",
+            "seed": cfg.seed, "enable_eos": cfg.enable_eos, "eos_token_id": self.eos_token_id,
+        }
+
+
+def _first(value):
+    if isinstance(value, (list, tuple)):
+        return value[0] if value else None
+    return value
+
+
+def _idle(scheduler: Scheduler, clock) -> None:
+    """Sleep until the next request arrives (nothing is running)."""
+    nxt = scheduler.next_arrival_s()
+    if nxt is None:
+        raise RuntimeError("engine stalled: unfinished requests but nothing to schedule")
+    time.sleep(max(0.0, min(nxt - clock(), 0.05)))

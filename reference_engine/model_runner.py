@@ -1,0 +1,303 @@
+"""Runs steps on the device: inputs prepared with numpy into (pinned) host buffers, copied in one
+transfer per dtype, forward (eager, or a CUDA graph for decode steps at padded batch sizes), sampling
+on the device, and the sampled tokens copied back without blocking.
+
+``launch(batch)`` does the host work and enqueues the device work; ``wait(handle)`` is the only place
+the host waits for the device. The two loops differ only in when they call ``wait``.
+
+Two host buffers alternate between steps, so the host can prepare step N+1 while step N's inputs are
+still being copied. On CUDA the copies and the compute run on their own streams ordered by events:
+H2D into a device staging buffer (two, alternating), then on the compute stream a copy into the
+static buffers that the model and the CUDA graphs read. Input tokens the host does not know yet
+(placeholders, see ``sequence.py``) are taken on the device from the previous step's sampled tokens
+through a gather index. On the CPU the device work runs inline (sync) or on one worker thread that
+plays the stream, its futures playing the events (async).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.profiler import record_function
+
+from reference_engine.attention import AttentionMetadata, _triton_backend
+from reference_engine.sampler import SamplingParams, sample
+from reference_engine.scheduler import ScheduledBatch
+
+
+@dataclass(slots=True)
+class StepPlan:
+    """Host-side facts about one prepared step (no device values)."""
+
+    buf: int
+    num_tokens: int
+    num_seqs: int
+    num_samples: int
+    graph_bs: int  # 0: eager
+    has_gather: bool
+    max_query_len: int
+    max_context_len: int
+    qsl_host: list[int] | None
+    ctx_host: list[int] | None
+
+
+@dataclass(slots=True)
+class StepHandle:
+    plan: StepPlan
+    done: object  # torch.cuda.Event (CUDA), Future (CPU worker) or the tokens tensor (CPU inline)
+    tokens: torch.Tensor | None = None
+
+
+def graph_batch_sizes(max_bs: int) -> list[int]:
+    sizes = [s for s in (1, 2, 4, 8) if s <= max_bs] + list(range(16, max_bs + 1, 16))
+    if sizes[-1] != max_bs:
+        sizes.append(max_bs)
+    return sizes
+
+
+class ModelRunner:
+    def __init__(self, model, kv_cache: torch.Tensor, *, max_batch_tokens: int, max_seqs: int, block_size: int,
+                 max_model_len: int, device: torch.device, cuda_graphs: bool, worker_thread: bool):
+        self.model = model
+        self.kv_cache = kv_cache
+        self.device = device
+        self.is_cuda = device.type == "cuda"
+        self.block_size = block_size
+        self.max_model_len = max_model_len
+        self.max_t = max_t = max_batch_tokens
+        self.max_s = max_s = max_seqs
+        self.width = width = -(-max_model_len // block_size)
+        self.n64 = 4 * max_t + max_s  # ids, positions, slot_mapping, gather index | sample rows
+        self.n32 = 2 * max_s + 1 + max_s * width  # query_start_loc, context_lens | block tables
+        pin = self.is_cuda
+        self.host64 = [torch.zeros(self.n64, dtype=torch.int64, pin_memory=pin) for _ in range(2)]
+        self.host32 = [torch.zeros(self.n32, dtype=torch.int32, pin_memory=pin) for _ in range(2)]
+        self.host_out = [torch.zeros(max_s, dtype=torch.int64, pin_memory=pin) for _ in range(2)]
+        self.np_views = [self._views(h64.numpy(), h32.numpy()) for h64, h32 in zip(self.host64, self.host32)]
+        for v in self.np_views:
+            v["slot"][:] = -1
+            v["gather"][:] = -1
+        self.dev64 = torch.zeros(self.n64, dtype=torch.int64, device=device)
+        self.dev32 = torch.zeros(self.n32, dtype=torch.int32, device=device)
+        self.dev = self._views(self.dev64, self.dev32)
+        self._prev_tokens: torch.Tensor | None = None  # the previous step's sampled tokens (device)
+        self.params = SamplingParams()
+        self.generator: torch.Generator | None = None
+        self._step = 0
+        self._worker = None
+        self._buf_free: list[object | None] = [None, None]  # what to wait on before rewriting host buffer k
+        if self.is_cuda:
+            self.h2d_stream = torch.cuda.Stream(device)
+            self.compute_stream = torch.cuda.Stream(device)
+            self.d2h_stream = torch.cuda.Stream(device)
+            self.stage64 = [torch.zeros(self.n64, dtype=torch.int64, device=device) for _ in range(2)]
+            self.stage32 = [torch.zeros(self.n32, dtype=torch.int32, device=device) for _ in range(2)]
+            self.ev_h2d = [torch.cuda.Event() for _ in range(2)]
+            self.ev_stage_free = [torch.cuda.Event() for _ in range(2)]
+            self.ev_d2h = [torch.cuda.Event() for _ in range(2)]
+            self.ev_sampled = torch.cuda.Event()
+        elif worker_thread:
+            self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="abprof-device")
+        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.graph_sizes: list[int] = []
+        if cuda_graphs:
+            if not self.is_cuda:
+                raise ValueError("cuda_graphs=True needs a CUDA device")
+            if _triton_backend() is not None:  # the reference attention reads host lists: not capturable
+                self._capture_graphs(min(max_seqs, max_batch_tokens, 512))
+
+    def _views(self, a64, a32) -> dict:
+        t, s, w = self.max_t, self.max_s, self.width
+        return dict(ids=a64[0:t], pos=a64[t:2 * t], slot=a64[2 * t:3 * t], gather=a64[3 * t:4 * t],
+                    sample=a64[4 * t:4 * t + s], qsl=a32[0:s + 1], ctx=a32[s + 1:2 * s + 1],
+                    bt=a32[2 * s + 1:].reshape(s, w))
+
+    def close(self) -> None:
+        if self._worker is not None:
+            self._worker.shutdown(wait=True)
+            self._worker = None
+
+    # ---- host side ---------------------------------------------------------------------------
+    def prepare(self, batch: ScheduledBatch, k: int) -> StepPlan:
+        v = self.np_views[k]
+        seqs, starts_l, lens_l = batch.seqs, batch.starts, batch.lens
+        b, t, s = len(seqs), batch.num_tokens, len(batch.sample_rows)
+        bs = self.block_size
+        starts = np.asarray(starts_l, dtype=np.int64)
+        ids = v["ids"]
+        if batch.decode_only:
+            ids[:t] = [seq.token_ids[i] for seq, i in zip(seqs, starts_l)]
+            pos = starts
+            seq_of_token = np.arange(b)
+            lens = None
+        else:
+            flat: list[int] = []
+            for seq, i, n in zip(seqs, starts_l, lens_l):
+                flat += seq.token_ids[i:i + n]
+            ids[:t] = flat
+            lens = np.asarray(lens_l, dtype=np.int64)
+        qsl = v["qsl"]
+        qsl[0] = 0
+        if lens is None:
+            qsl[1:b + 1] = np.arange(1, b + 1)
+            v["ctx"][:b] = starts + 1
+        else:
+            np.cumsum(lens, out=qsl[1:b + 1])
+            seq_of_token = np.repeat(np.arange(b), lens)
+            pos = np.arange(t) + np.repeat(starts - qsl[:b], lens)
+            v["ctx"][:b] = starts + lens
+        v["pos"][:t] = pos
+        bt = v["bt"]
+        for i, table in enumerate(batch.block_tables):
+            bt[i, :len(table)] = table
+        v["slot"][:t] = bt[seq_of_token, pos // bs] * bs + pos % bs
+        v["sample"][:s] = qsl[np.asarray(batch.sample_rows, dtype=np.int64) + 1] - 1
+        neg = ids[:t] < 0
+        has_gather = bool(neg.any())
+        if has_gather:
+            gather = v["gather"]
+            gather[:t] = np.where(neg, -ids[:t] - 1, -1)
+            ids[:t][neg] = 0
+        graph_bs = self._graph_size(b) if batch.decode_only else 0
+        if graph_bs > b:  # pad rows: no K/V written, empty context
+            ids[b:graph_bs] = 0
+            v["pos"][b:graph_bs] = 0
+            v["slot"][b:graph_bs] = -1
+            v["ctx"][b:graph_bs] = 0
+            qsl[b + 1:graph_bs + 1] = np.arange(b + 1, graph_bs + 1)
+        max_q = 1 if lens is None else int(lens.max())
+        ctx_b = v["ctx"][:b]
+        eager = graph_bs == 0
+        return StepPlan(k, t, b, s, graph_bs, has_gather, max_q, int(ctx_b.max()),
+                        qsl[:b + 1].tolist() if eager else None, ctx_b.tolist() if eager else None)
+
+    def _graph_size(self, b: int) -> int:
+        for size in self.graph_sizes:
+            if size >= b:
+                return size
+        return 0
+
+    # ---- launch and wait ---------------------------------------------------------------------
+    def launch(self, batch: ScheduledBatch) -> StepHandle:
+        k = self._step % 2
+        self._step += 1
+        free = self._buf_free[k]
+        if free is not None:  # the copy out of host buffer k (two steps ago) is long done in practice
+            free.synchronize() if self.is_cuda else free.result()
+        with record_function("abprof.prepare"):
+            plan = self.prepare(batch, k)
+        if self.is_cuda:
+            return self._launch_cuda(plan)
+        if self._worker is not None:
+            with record_function("abprof.forward"):
+                future = self._worker.submit(self._device_step, plan, False)
+            self._buf_free[k] = future
+            return StepHandle(plan, future)
+        tokens = self._device_step(plan, annotate=True)
+        return StepHandle(plan, tokens, tokens)
+
+    def wait(self, handle: StepHandle) -> list[int]:
+        """Block until the step's sampled tokens are on the host; returns them."""
+        with record_function("abprof.sync_wait"):
+            if self.is_cuda:
+                handle.done.synchronize()
+                tokens = self.host_out[handle.plan.buf][:handle.plan.num_samples].tolist()
+            elif self._worker is not None:
+                tokens = handle.done.result().tolist()
+            else:
+                tokens = handle.tokens.tolist()
+        handle.tokens = None
+        return tokens
+
+    def _launch_cuda(self, plan: StepPlan) -> StepHandle:
+        k = plan.buf
+        with record_function("abprof.forward"):
+            with torch.cuda.stream(self.h2d_stream):
+                self.h2d_stream.wait_event(self.ev_stage_free[k])
+                self.stage64[k].copy_(self.host64[k], non_blocking=True)
+                self.stage32[k].copy_(self.host32[k], non_blocking=True)
+                self.ev_h2d[k].record(self.h2d_stream)
+            self._buf_free[k] = self.ev_h2d[k]
+            with torch.cuda.stream(self.compute_stream):
+                self.compute_stream.wait_event(self.ev_h2d[k])
+                self.dev64.copy_(self.stage64[k])
+                self.dev32.copy_(self.stage32[k])
+                self.ev_stage_free[k].record(self.compute_stream)
+                logits = self._forward(plan)
+        with record_function("abprof.sample"):
+            with torch.cuda.stream(self.compute_stream):
+                tokens = sample(logits, self.params, self.generator)
+                self._prev_tokens = tokens
+                self.ev_sampled.record(self.compute_stream)
+            with torch.cuda.stream(self.d2h_stream):
+                self.d2h_stream.wait_event(self.ev_sampled)
+                self.host_out[k][:plan.num_samples].copy_(tokens, non_blocking=True)
+                self.ev_d2h[k].record(self.d2h_stream)
+        return StepHandle(plan, self.ev_d2h[k], tokens)
+
+    def _device_step(self, plan: StepPlan, annotate: bool) -> torch.Tensor:
+        """CPU: the whole device side of a step (copy in, forward, sample), inline or on the worker thread
+        (which is not annotated: there it plays the device)."""
+        self.dev64.copy_(self.host64[plan.buf])
+        self.dev32.copy_(self.host32[plan.buf])
+        with torch.inference_mode():
+            with record_function("abprof.forward") if annotate else contextlib.nullcontext():
+                logits = self._forward(plan)
+            with record_function("abprof.sample") if annotate else contextlib.nullcontext():
+                tokens = sample(logits, self.params, self.generator)
+        self._prev_tokens = tokens
+        return tokens
+
+    def _forward(self, plan: StepPlan) -> torch.Tensor:
+        d = self.dev
+        t, b = plan.num_tokens, plan.num_seqs
+        with torch.inference_mode():
+            if plan.has_gather:
+                ids, g = d["ids"][:t], d["gather"][:t]
+                ids.copy_(torch.where(g >= 0, self._prev_tokens[g.clamp(min=0)], ids))
+            if plan.graph_bs:
+                graph, logits = self.graphs[plan.graph_bs]
+                graph.replay()
+                return logits[:b]
+            meta = AttentionMetadata(d["slot"][:t], d["qsl"][:b + 1], d["ctx"][:b], d["bt"][:b],
+                                     plan.max_query_len, plan.max_context_len, plan.qsl_host, plan.ctx_host)
+            hidden = self.model(d["ids"][:t], d["pos"][:t], meta, self.kv_cache)
+            return self.model.compute_logits(hidden[d["sample"][:plan.num_samples]])
+
+    # ---- CUDA graphs -------------------------------------------------------------------------
+    @torch.inference_mode()
+    def _capture_graphs(self, max_bs: int) -> None:
+        d = self.dev
+        sizes = graph_batch_sizes(max_bs)
+        d["ids"].zero_()
+        d["pos"].zero_()
+        d["slot"].fill_(-1)
+        d["ctx"].zero_()
+        d["qsl"].copy_(torch.arange(self.max_s + 1, dtype=torch.int32, device=self.device))
+        pool = None
+        for bs in reversed(sizes):  # largest first: smaller graphs reuse its memory pool
+            meta = AttentionMetadata(d["slot"][:bs], d["qsl"][:bs + 1], d["ctx"][:bs], d["bt"][:bs],
+                                     1, self.max_model_len)
+
+            def body(bs=bs, meta=meta):
+                return self.model.compute_logits(self.model(d["ids"][:bs], d["pos"][:bs], meta, self.kv_cache))
+
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):  # warm-up (Triton compiles, cuBLAS picks its kernels)
+                body()
+                body()
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            torch.cuda.synchronize(self.device)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool, stream=side):
+                logits = body()
+            if pool is None:
+                pool = graph.pool()
+            self.graphs[bs] = (graph, logits)
+        torch.cuda.synchronize(self.device)
+        self.graph_sizes = sizes
