@@ -20,6 +20,7 @@ An invalid measurement outranks a regression: a throttled run's "regression" is 
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -144,6 +145,8 @@ def run_gate(head: Sequence[str | Path], baselines: Sequence[str | Path], spec: 
         raise AbprofError("give at least one head run (a run folder or a metrics.json file)")
     head_runs = [load_run(p, "head") for p in head]
     base_runs = [load_run(p, "baseline") for p in baselines]
+    if spec.require_baseline and not base_runs:
+        raise BaselineMissingError("a baseline is required (--require-baseline) but no --baseline was given")
     notes: list[str] = []
     checks = list(spec.checks)
     if not checks:
@@ -154,8 +157,6 @@ def run_gate(head: Sequence[str | Path], baselines: Sequence[str | Path], spec: 
             )
         checks = default_checks()
         notes.append("no budget configured: using the default " + ", ".join(f"{c.metric} {c.describe()}" for c in checks))
-    if spec.require_baseline and not base_runs:
-        raise BaselineMissingError("a baseline is required (--require-baseline) but no --baseline was given")
     results = [_throttle_check(head_runs + base_runs, spec)]
     results += [evaluate_check(c, head_runs, base_runs, spec) for c in checks]
     for run in head_runs + base_runs:
@@ -177,7 +178,12 @@ def _values(runs: list[Run], metric: str) -> tuple[list[float], list[str]]:
         if run.doc is None:
             missing.append(f"{run.path}: {run.problem}")
             continue
-        value, reason = lookup(run.doc, metric)
+        try:
+            value, reason = lookup(run.doc, metric)
+        except (TypeError, ValueError):
+            value, reason = None, "not a number in metrics.json"
+        if value is not None and not math.isfinite(value):
+            value, reason = None, f"not a finite number ({value})"
         if value is None:
             missing.append(f"{run.path}: {reason}")
         else:

@@ -135,6 +135,13 @@ def test_no_nvml_means_clock_state_unknown_not_invalid(gate_cli, run_dir):
     assert checks["clock_throttled not_throttled"]["status"] == "skip"
 
 
+@pytest.mark.parametrize("bad", [float("nan"), "n/a"])
+def test_exit_4_value_that_is_not_a_number(gate_cli, run_dir, bad):
+    # json writes NaN as a bare token: a comparison with it is always False, so it must not pass
+    r = gate_cli(run_dir(tokens_per_s=bad), "--min", "tokens_per_s=10")
+    assert r.exit_code == 4, r.output
+
+
 def test_exit_4_incomplete_run_folder(gate_cli, run_dir):
     r = gate_cli(run_dir(complete=False), "--max", "gpu_idle_pct=50")
     assert r.exit_code == 4, r.output
