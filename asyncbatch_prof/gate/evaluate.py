@@ -99,7 +99,7 @@ class GateResult:
 
     def head_metric_values(self, metric: str) -> list[float]:
         """The metric's value in every usable head run that has it (for exports beyond the checks)."""
-        values = [lookup(doc, metric)[0] for doc in self.head_docs]
+        values = [_value(doc, metric)[0] for doc in self.head_docs]
         return [v for v in values if v is not None]
 
     @property
@@ -157,7 +157,7 @@ def run_gate(head: Sequence[str | Path], baselines: Sequence[str | Path], spec: 
             )
         checks = default_checks()
         notes.append("no budget configured: using the default " + ", ".join(f"{c.metric} {c.describe()}" for c in checks))
-    results = [_throttle_check(head_runs + base_runs, spec)]
+    results = [_throttle_check(head_runs, base_runs, spec)]
     results += [evaluate_check(c, head_runs, base_runs, spec) for c in checks]
     for run in head_runs + base_runs:
         if run.problem:
@@ -171,6 +171,17 @@ def _blank(check: Check) -> CheckResult:
     return CheckResult(check.metric, check.kind, check.value, check.unit, m.unit, check.level, m.better, check.source)
 
 
+def _value(doc: dict[str, Any], metric: str) -> tuple[float | None, str | None]:
+    """The contract's lookup, with values that are not finite numbers turned into a reason."""
+    try:
+        value, reason = lookup(doc, metric)
+    except (TypeError, ValueError):
+        return None, "not a number in metrics.json"
+    if value is not None and not math.isfinite(value):
+        return None, f"not a finite number ({value})"
+    return value, reason
+
+
 def _values(runs: list[Run], metric: str) -> tuple[list[float], list[str]]:
     """The metric's value in each run, and why it is missing where it is."""
     values, missing = [], []
@@ -178,12 +189,7 @@ def _values(runs: list[Run], metric: str) -> tuple[list[float], list[str]]:
         if run.doc is None:
             missing.append(f"{run.path}: {run.problem}")
             continue
-        try:
-            value, reason = lookup(run.doc, metric)
-        except (TypeError, ValueError):
-            value, reason = None, "not a number in metrics.json"
-        if value is not None and not math.isfinite(value):
-            value, reason = None, f"not a finite number ({value})"
+        value, reason = _value(run.doc, metric)
         if value is None:
             missing.append(f"{run.path}: {reason}")
         else:
@@ -258,26 +264,22 @@ def _decide(res: CheckResult, exceeded: bool, significant: bool | None) -> Check
     return res
 
 
-def _throttle_check(runs: list[Run], spec: GateSpec) -> CheckResult:
+def _throttle_check(head: list[Run], base: list[Run], spec: GateSpec) -> CheckResult:
     """One check over every run: no run's clocks may have throttled (NVML's clock-event reasons)."""
     res = CheckResult("clock_throttled", "not_throttled", 0.0, "bool", "bool", "error", "lower", "always")
-    throttled, unknown = [], []
-    for run in runs:
-        if run.doc is None:
-            continue  # reported by the metric checks and in the notes
-        value, _ = lookup(run.doc, "clock_throttled")
-        if value is None:
-            unknown.append(run.path)
-        elif value:
-            throttled.append(run.path)
-    res.head_values = [1.0 if r.path in throttled else 0.0 for r in runs if r.doc is not None and r.path not in unknown]
+    usable = [r for r in head + base if r.doc is not None]  # unusable runs are reported by the metric checks
+    flags = {r.path: _value(r.doc, "clock_throttled")[0] for r in usable}
+    res.head_values = [flags[r.path] for r in head if r.doc is not None and flags[r.path] is not None]
+    res.baseline_values = [flags[r.path] for r in base if r.doc is not None and flags[r.path] is not None]
+    throttled = [path for path, flag in flags.items() if flag]
+    unknown = [path for path, flag in flags.items() if flag is None]
     if throttled:
         res.note = "clocks throttled during " + ", ".join(throttled)
         if spec.allow_throttled:
             res.status, res.note = "warn", res.note + " (allowed by --allow-throttled)"
         else:
             res.status = "invalid"
-    elif unknown and len(unknown) == len([r for r in runs if r.doc is not None]):
+    elif usable and len(unknown) == len(usable):
         res.status, res.note = "skip", "clock state not recorded (no NVML): cannot tell whether clocks throttled"
     elif unknown:
         res.note = "clock state not recorded for " + ", ".join(unknown)

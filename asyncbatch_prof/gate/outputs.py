@@ -79,17 +79,26 @@ def rows(result: GateResult) -> list[list[str]]:
     """The table's rows: metric, baseline, head, delta, threshold, verdict, note."""
     out = []
     for r in result.checks:
+        if r.kind == "not_throttled":  # per side: did any run throttle?
+            r = _throttle_view(r)
         out.append([
             r.metric,
             _with_n(r.baseline, r.baseline_values, r.metric_unit),
-            _with_n(r.head, r.head_values, r.metric_unit) if r.kind != "not_throttled" else fmt_value(
-                float(any(r.head_values)) if r.head_values else None, "bool"),
+            _with_n(r.head, r.head_values, r.metric_unit),
             fmt_delta(r),
             fmt_threshold(r),
             fmt_verdict(r),
             r.note,
         ])
     return out
+
+
+def _throttle_view(r: CheckResult) -> CheckResult:
+    from dataclasses import replace
+
+    return replace(r, head=float(any(r.head_values)) if r.head_values else None,
+                   baseline=float(any(r.baseline_values)) if r.baseline_values else None,
+                   head_values=[], baseline_values=[])
 
 
 HEADERS = ["Metric", "Baseline", "Head", "Δ", "Threshold", "Verdict", "Note"]

@@ -118,7 +118,10 @@ def test_absolute_budget_does_not_need_the_baselines_value(gate_cli, run_dir):
 
 
 def test_throttled_baseline_is_invalid_too(gate_cli, run_dir):
-    assert gate_cli(run_dir(), "-b", run_dir(throttled=True)).exit_code == 4
+    r = gate_cli(run_dir(), "-b", run_dir(throttled=True), "--json", "-")
+    assert r.exit_code == 4, r.output
+    check = checks_of(r)[1]["clock_throttled not_throttled"]
+    assert check["head_values"] == [0.0] and check["baseline_values"] == [1.0]
 
 
 def test_allow_throttled_turns_it_into_a_warning(gate_cli, run_dir):
