@@ -261,6 +261,8 @@ def _decide(res: CheckResult, exceeded: bool, significant: bool | None) -> Check
         res.note = f"over the threshold but not significant (p={res.p_value:.3g}): treated as noise"
     else:
         res.status = "fail" if res.level == "error" else "warn"
+        if significant:
+            res.note = f"significant (one-sided Mann-Whitney U p={res.p_value:.3g})"
     return res
 
 

@@ -58,7 +58,7 @@ def fmt_threshold(res: CheckResult) -> str:
     if text is not None:
         text += "%" if unit == "%" else ("" if unit in ("bool", "count") else f" {unit}")
     else:
-        direction = "+" if res.kind.startswith("max_increase") else "−"
+        direction = "+" if res.kind.startswith("max_increase") else "-"
         text = f"{direction}{number}{'%' if unit == '%' else ' pp'} max"
     return text + (" (warn)" if res.level == "warn" else "")
 

@@ -107,7 +107,7 @@ def test_step_summary_appended(mixed, tmp_path, monkeypatch):
 def test_markdown_file_without_step_summary(mixed, tmp_path):
     path = tmp_path / "gate.md"
     mixed("--markdown", path)
-    assert "| tokens_per_s | 1000 | 950 | -5% | −10% max | pass |" in path.read_text()
+    assert "| tokens_per_s | 1000 | 950 | -5% | -10% max | pass |" in path.read_text()
 
 
 def test_markdown_is_truncated_under_githubs_limit(gate_cli, run_dir):
