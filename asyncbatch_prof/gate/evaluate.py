@@ -131,6 +131,9 @@ def load_run(path: str | Path, role: str) -> Run:
             raise BaselineMissingError(f"baseline not found: {p}")
         raise AbprofError(f"run not found: {p}")
     if p.is_dir():
+        inner = sorted(d.name for d in p.iterdir() if (d / RUN_JSON).exists())
+        if not (p / RUN_JSON).exists() and inner:  # `abprof run --mode both` writes DIR/sync and DIR/async
+            raise AbprofError(f"{p} holds run folders ({', '.join(inner)}), not a run: name one, e.g. {p / inner[0]}")
         if (p / INCOMPLETE).exists():
             reason = (p / INCOMPLETE).read_text(errors="replace").strip() or "no reason recorded"
             return Run(str(p), None, f"run folder is incomplete: {reason}")

@@ -60,6 +60,15 @@ def test_exit_2_head_missing(gate_cli, tmp_path):
     assert r.exit_code == 2 and "run not found" in r.output
 
 
+def test_exit_2_mode_both_folder_names_its_runs(gate_cli, run_dir, tmp_path):
+    both = tmp_path / "both"
+    both.mkdir()
+    run_dir("both/sync"), run_dir("both/async")
+    r = gate_cli(both, "--max", "gpu_idle_pct=5")
+    assert r.exit_code == 2 and "async, sync" in r.output
+    assert gate_cli(both / "async", "--max", "gpu_idle_pct=5").exit_code == 0
+
+
 def test_exit_2_unknown_metric_in_toml(gate_cli, run_dir, tmp_path):
     (tmp_path / "abprof.toml").write_text("[gate.metrics.gpu_idle_percent]\nmax = 5\n")
     r = gate_cli(run_dir())
