@@ -182,6 +182,7 @@ class ModelRunner:
         return 0
 
     # ---- launch and wait ---------------------------------------------------------------------
+    @torch.inference_mode()
     def launch(self, batch: ScheduledBatch) -> StepHandle:
         k = self._step % 2
         self._step += 1
@@ -219,13 +220,14 @@ class ModelRunner:
             with torch.cuda.stream(self.h2d_stream):
                 self.h2d_stream.wait_event(self.ev_stage_free[k])
                 self.stage64[k].copy_(self.host64[k], non_blocking=True)
-                self.stage32[k].copy_(self.host32[k], non_blocking=True)
+                n32 = 2 * self.max_s + 1 + max(plan.num_seqs, plan.graph_bs) * self.width  # used rows only
+                self.stage32[k][:n32].copy_(self.host32[k][:n32], non_blocking=True)
                 self.ev_h2d[k].record(self.h2d_stream)
             self._buf_free[k] = self.ev_h2d[k]
             with torch.cuda.stream(self.compute_stream):
                 self.compute_stream.wait_event(self.ev_h2d[k])
                 self.dev64.copy_(self.stage64[k])
-                self.dev32.copy_(self.stage32[k])
+                self.dev32[:n32].copy_(self.stage32[k][:n32])
                 self.ev_stage_free[k].record(self.compute_stream)
                 logits = self._forward(plan)
         with record_function("abprof.sample"):
