@@ -22,7 +22,8 @@ def gate(
         "measurement.", show_default=False)],
     *,
     baseline: Annotated[Optional[list[Path]], typer.Option(
-        "--baseline", "-b", metavar="RUN", help="A baseline run (folder or metrics.json); repeat for several baseline runs.",
+        "--baseline", "-b", metavar="RUN",
+        help="A baseline run (folder or metrics.json); repeat for several baseline runs.",
         show_default=False)] = None,
     max_: Annotated[Optional[list[str]], _opt("Budget: the head's aggregate must be <= NUMBER.", "--max")] = None,
     min_: Annotated[Optional[list[str]], _opt("Budget: the head's aggregate must be >= NUMBER.", "--min")] = None,

@@ -159,7 +159,8 @@ def run_gate(head: Sequence[str | Path], baselines: Sequence[str | Path], spec: 
                 "or [tool.abprof.gate] in pyproject.toml, or a --baseline to use the default budget"
             )
         checks = default_checks()
-        notes.append("no budget configured: using the default " + ", ".join(f"{c.metric} {c.describe()}" for c in checks))
+        defaults = ", ".join(f"{c.metric} {c.describe()}" for c in checks)
+        notes.append(f"no budget configured: using the default {defaults}")
     results = [_throttle_check(head_runs, base_runs, spec)]
     results += [evaluate_check(c, head_runs, base_runs, spec) for c in checks]
     for run in head_runs + base_runs:

@@ -180,8 +180,9 @@ def to_junit(result: GateResult) -> bytes:
         ET.SubElement(props, "property", {"name": name, "value": value})
     for r in result.checks:
         case = ET.SubElement(suite, "testcase", {"name": r.name, "classname": f"abprof.gate.{r.metric}", "time": "0"})
-        summary = f"{r.metric}: head {fmt_value(r.head, r.metric_unit)}, baseline {fmt_value(r.baseline, r.metric_unit)}, " \
-                  f"delta {fmt_delta(r)}, threshold {fmt_threshold(r)}"
+        summary = (f"{r.metric}: head {fmt_value(r.head, r.metric_unit)}, "
+                   f"baseline {fmt_value(r.baseline, r.metric_unit)}, "
+                   f"delta {fmt_delta(r)}, threshold {fmt_threshold(r)}")
         if r.status == "fail":
             ET.SubElement(case, "failure", {"type": "regression", "message": summary}).text = _details(r)
         elif r.status == "invalid":

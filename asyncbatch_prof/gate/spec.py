@@ -249,7 +249,7 @@ def find_config(directory: Path) -> Path | None:
 
 
 def merge(base: GateSpec, option_checks: Iterable[Check]) -> GateSpec:
-    """Add command-line checks to a config's: an option replaces the config's check of the same metric, kind and level."""
+    """Add command-line checks to a config's; an option replaces the config's check of same metric, kind, level."""
     option_checks = list(option_checks)
     keys = {(c.metric, c.kind, c.level) for c in option_checks}
     kept = [c for c in base.checks if (c.metric, c.kind, c.level) not in keys]
