@@ -200,7 +200,7 @@ def decode_bench(batch, ctx, layers, sweep, copy_tb_s, results):
     try:
         ms = graph_time(sdpa_layers, layers)
         results["decode"].append({"batch": batch, "ctx": ctx, "variant": "torch SDPA, dense K/V",
-                                  "us_per_layer": ms * 1e3, "tb_s": (kv_bytes + other_bytes) / ms / 1e9,
+                                  "us_per_layer": ms * 1e3, "kv_bytes": kv_bytes, "tb_s": (kv_bytes + other_bytes) / ms / 1e9,
                                   "frac_of_copy": (kv_bytes + other_bytes) / ms / 1e9 / copy_tb_s})
         print(f"  decode B={batch} ctx={ctx} torch SDPA dense K/V       {ms * 1e3:8.1f} us/layer", flush=True)
     except Exception as exc:
@@ -222,7 +222,7 @@ def store_kv_bench(results):
         print(f"  store_kv {tokens:5d} tokens  {ms * 1e3:7.1f} us", flush=True)
 
 
-def prefill_bench(results):
+def prefill_bench(results, sweep):
     scale = 1 / math.sqrt(D)
     cases = [
         ("1 x 512 chunk, no prefix", [512], [512]),
@@ -238,6 +238,29 @@ def prefill_bench(results):
         kc, vc = caches[0]
         err = check(q, kc, vc, meta, scale)
         ms = bench(lambda: ta.paged_attention(q, kc, vc, meta, scale))
+        if sweep:
+            for block_m in (16, 32, 64, 128):
+                for block_n in (32, 64, 128):
+                    for warps in (4, 8):
+                        for stages in (2, 3):
+                            if block_m == 16 and warps == 8:
+                                continue
+                            cfg = {"block_m": block_m, "block_n": block_n, "num_warps": warps, "num_stages": stages}
+                            ta.varlen_config.update(cfg)
+                            try:
+                                e = check(q, kc, vc, meta, scale)
+                                t = bench(lambda: ta.paged_attention(q, kc, vc, meta, scale), warmup=20, rep=60)
+                            except Exception as exc:
+                                print(f"  {cfg}: {type(exc).__name__}: {str(exc)[:200]}")
+                                continue
+                            finally:
+                                ta.varlen_config.update({k: None for k in cfg})
+                            results["prefill_sweep"].append({"case": name, **cfg, "ms": t, "rel_err": e})
+            rows = sorted((r for r in results["prefill_sweep"] if r["case"] == name and r["rel_err"] < 1e-2),
+                          key=lambda r: r["ms"])
+            for r in rows[:3]:
+                print(f"    sweep {name}: m{r['block_m']} n{r['block_n']} w{r['num_warps']} st{r['num_stages']} "
+                      f"{r['ms'] * 1e3:.1f} us")
         # causal FLOPs: 2 matmuls x 2 FLOP x D per (query head, visible key)
         visible = sum(sum(c - n + j + 1 for j in range(n)) for c, n in zip(ctx, nq))
         flops = 4 * D * H * visible
@@ -276,6 +299,13 @@ def write_markdown(results, path: Path) -> str:
         err = f"{r['rel_err']:.1e}" if "rel_err" in r else ""
         lines.append(f"| {r['batch']} | {r['ctx']} | {label} | {r['us_per_layer']:.1f} | "
                      f"{r.get('kv_bytes', 0) / 1e6:.1f} | {r['tb_s']:.2f} | {r['frac_of_copy']:.2f} | {err} |")
+    sweep = [r for r in results["decode"] if r["variant"].startswith("s")]
+    if sweep:
+        lines += ["", "Decode sweep, the five fastest per batch (splits s, key tile n, warps w, stages st):", ""]
+        for b in sorted({r["batch"] for r in sweep}, reverse=True):
+            top = sorted((r for r in sweep if r["batch"] == b), key=lambda r: r["us_per_layer"])[:5]
+            lines.append(f"- {b} x {top[0]['ctx']}: " + ", ".join(
+                f"{r['variant']} {r['us_per_layer']:.1f} µs ({r['frac_of_copy']:.2f})" for r in top))
     lines += ["", "## store_kv", "", "| tokens | µs |", "|---|---|"]
     lines += [f"| {r['tokens']} | {r['us']:.1f} |" for r in results["store_kv"]]
     lines += ["", "## Prefill / mixed steps (varlen kernel), one layer", "",
@@ -284,6 +314,13 @@ def write_markdown(results, path: Path) -> str:
         sd = f"{r['sdpa_dense_ms'] * 1e3:.1f}" if "sdpa_dense_ms" in r else ""
         lines.append(f"| {r['case']} | {r['tokens']} | {r['ms'] * 1e3:.1f} | {r['tflops']:.1f} | {sd} | "
                      f"{r['rel_err']:.1e} |")
+    if results["prefill_sweep"]:
+        lines += ["", "Varlen sweep, the three fastest per case (rows m = tokens x heads, key tile n, warps w, stages st):", ""]
+        for r0 in results["prefill"]:
+            top = sorted((r for r in results["prefill_sweep"] if r["case"] == r0["case"]), key=lambda r: r["ms"])[:3]
+            lines.append(f"- {r0['case']}: " + ", ".join(
+                f"m{r['block_m']} n{r['block_n']} w{r['num_warps']} st{r['num_stages']} {r['ms'] * 1e3:.1f} µs"
+                for r in top))
     text = "\n".join(lines) + "\n"
     path.write_text(text)
     return text
@@ -293,6 +330,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=os.environ.get("OUT") or "benchmarks/out")
     ap.add_argument("--sweep", action="store_true", help="sweep the decode kernel's knobs")
+    ap.add_argument("--sweep-prefill", action="store_true", help="sweep the varlen kernel's knobs")
     ap.add_argument("--layers", type=int, default=4, help="separate caches per decode graph (defeats L2)")
     ap.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU, Triton's interpreter")
     args = ap.parse_args()
@@ -300,7 +338,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     assert DRY or (torch.cuda.is_available() and ta.available()), "needs CUDA and Triton"
     torch.backends.cuda.matmul.allow_tf32 = False
-    results = {"env": env_info(), "decode": [], "decode_best": [], "store_kv": [], "prefill": []}
+    results = {"env": env_info(), "decode": [], "decode_best": [], "store_kv": [], "prefill": [], "prefill_sweep": []}
     print(results["env"], flush=True)
     t0 = time.time()
     results["copy"] = copy_bandwidth()
@@ -308,7 +346,7 @@ def main() -> None:
     for batch in ((3, 2) if DRY else (256, 64)):
         decode_bench(batch, 40 if DRY else 704, args.layers, args.sweep, results["copy"]["tb_s"], results)
     store_kv_bench(results)
-    prefill_bench(results)
+    prefill_bench(results, args.sweep_prefill)
     results["wall_s"] = time.time() - t0
     (out / "attention_speed.json").write_text(json.dumps(results, indent=1))
     print(write_markdown(results, out / "attention-speed.md"))

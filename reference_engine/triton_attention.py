@@ -33,7 +33,7 @@ except ImportError:  # pragma: no cover - exercised only where triton is missing
     triton = None
     tl = None
 
-__all__ = ["available", "store_kv", "paged_attention", "decode_config"]
+__all__ = ["available", "store_kv", "paged_attention", "decode_config", "varlen_config"]
 
 _LOG2E = 1.4426950408889634
 
@@ -187,6 +187,49 @@ if triton is not None:
                  out.to(out_ptr.dtype.element_ty), mask=(offs_d < HEAD_DIM) & (n_q > 0))
 
     @triton.jit
+    def _varlen_step(q, m_i, l_i, acc, n0, kv_end, q_pos, offs_n, offs_d, bt_row, k_ptr, v_ptr, kvh, qk_scale,
+                     stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
+                     HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+                     IEEE: tl.constexpr, MASKED: tl.constexpr):
+        """One key tile of the varlen kernel's online softmax; MASKED: the causal/length edge."""
+        pos = n0 + offs_n
+        if MASKED:
+            n_mask = pos < kv_end
+            blk = tl.load(bt_row + pos // BLOCK_SIZE, mask=n_mask, other=0).to(tl.int64)
+            if HEAD_DIM == BLOCK_D:
+                kv_mask = n_mask[:, None]
+            else:
+                kv_mask = n_mask[:, None] & (offs_d[None, :] < HEAD_DIM)
+        else:
+            blk = tl.load(bt_row + pos // BLOCK_SIZE).to(tl.int64)
+            kv_mask = (offs_d < HEAD_DIM)[None, :]  # all true (constant) where HEAD_DIM == BLOCK_D
+        within = pos % BLOCK_SIZE
+        k = tl.load(k_ptr + blk[:, None] * stride_kb + within[:, None] * stride_ks + kvh * stride_kh
+                    + offs_d[None, :], mask=kv_mask, other=0.0)
+        v = tl.load(v_ptr + blk[:, None] * stride_vb + within[:, None] * stride_vs + kvh * stride_vh
+                    + offs_d[None, :], mask=kv_mask, other=0.0)
+        k = k.to(q.dtype)
+        v = v.to(q.dtype)
+        if IEEE:
+            s = tl.dot(q, tl.trans(k), input_precision="ieee")
+        else:
+            s = tl.dot(q, tl.trans(k))
+        s = s * qk_scale
+        if MASKED:
+            visible = n_mask[None, :] & (pos[None, :] <= q_pos[:, None])
+            s = tl.where(visible, s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows that saw nothing yet
+        alpha = tl.exp2(m_i - m_use)
+        p = tl.exp2(s - m_use[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        if IEEE:
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
+        else:
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+        return m_new, l_i, acc
+
+    @triton.jit
     def _varlen_kernel(q_ptr, k_ptr, v_ptr, bt_ptr, ctx_ptr, qsl_ptr, out_ptr,
                        qk_scale, num_seqs,
                        stride_qt, stride_qh,
@@ -239,38 +282,18 @@ if triton is not None:
             l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
             acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
             bt_row = bt_ptr + seq.to(tl.int64) * stride_bt
-            for n0 in range(0, kv_end, BLOCK_N):
-                pos = n0 + offs_n
-                n_mask = pos < kv_end
-                blk = tl.load(bt_row + pos // BLOCK_SIZE, mask=n_mask, other=0).to(tl.int64)
-                within = pos % BLOCK_SIZE
-                if HEAD_DIM == BLOCK_D:
-                    kv_mask = n_mask[:, None]
-                else:
-                    kv_mask = n_mask[:, None] & (offs_d[None, :] < HEAD_DIM)
-                k = tl.load(k_ptr + blk[:, None] * stride_kb + within[:, None] * stride_ks + kvh * stride_kh
-                            + offs_d[None, :], mask=kv_mask, other=0.0)
-                v = tl.load(v_ptr + blk[:, None] * stride_vb + within[:, None] * stride_vs + kvh * stride_vh
-                            + offs_d[None, :], mask=kv_mask, other=0.0)
-                k = k.to(q.dtype)
-                v = v.to(q.dtype)
-                if IEEE:
-                    s = tl.dot(q, tl.trans(k), input_precision="ieee")
-                else:
-                    s = tl.dot(q, tl.trans(k))
-                s = s * qk_scale
-                visible = n_mask[None, :] & (pos[None, :] <= q_pos[:, None])
-                s = tl.where(visible, s, float("-inf"))
-                m_new = tl.maximum(m_i, tl.max(s, 1))
-                m_use = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows that saw nothing yet
-                alpha = tl.exp2(m_i - m_use)
-                p = tl.exp2(s - m_use[:, None])
-                l_i = l_i * alpha + tl.sum(p, 1)
-                if IEEE:
-                    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
-                else:
-                    acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
-                m_i = m_new
+            # keys below full_end are visible to every row of the tile: no masks there
+            full_end = ((ctx - n_q + local + 1) // BLOCK_N) * BLOCK_N
+            for n0 in range(0, full_end, BLOCK_N):
+                m_i, l_i, acc = _varlen_step(q, m_i, l_i, acc, n0, kv_end, q_pos, offs_n, offs_d, bt_row,
+                                             k_ptr, v_ptr, kvh, qk_scale,
+                                             stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
+                                             HEAD_DIM, BLOCK_D, BLOCK_SIZE, IEEE, False)
+            for n0 in range(full_end, kv_end, BLOCK_N):
+                m_i, l_i, acc = _varlen_step(q, m_i, l_i, acc, n0, kv_end, q_pos, offs_n, offs_d, bt_row,
+                                             k_ptr, v_ptr, kvh, qk_scale,
+                                             stride_kb, stride_ks, stride_kh, stride_vb, stride_vs, stride_vh,
+                                             HEAD_DIM, BLOCK_D, BLOCK_SIZE, IEEE, True)
             out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
             tl.store(out_ptr + rows[:, None] * stride_ot + heads[:, None] * stride_oh + offs_d[None, :],
                      out.to(out_ptr.dtype.element_ty), mask=q_mask)
@@ -304,6 +327,8 @@ def store_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: t
 # Tuning knobs for the decode kernel; ``None`` means the heuristic. The benchmark overrides them.
 decode_config: dict[str, int | None] = {"num_splits": None, "block_n": None, "num_warps": None,
                                         "num_stages": None}
+# The same for the varlen kernel (block_m: rows of a tile = query tokens x the group's heads, padded).
+varlen_config: dict[str, int | None] = {"block_m": None, "block_n": None, "num_warps": None, "num_stages": None}
 
 _SM_COUNT: dict[int, int] = {}
 
@@ -318,12 +343,15 @@ def _sm_count(device: torch.device) -> int:
 
 
 def _num_splits(batch: int, num_kv_heads: int, max_tokens: int, device: torch.device) -> int:
-    """Splits per sequence so that the grid fills the GPU (about 4 programs per SM).
+    """Splits per sequence so that the grid fills the GPU (at least 2 programs per SM).
+
+    On the H100 (132 SMs), llama-1b shape, 64 x 704 and 256 x 704 ran fastest with one split
+    (reports/h100/attention-speed.md); more splits pay only when the grid is smaller than the GPU.
 
     Depends only on shapes (batch, heads, the block table's capacity) and the device, never on
     the values of ``context_lens``, so it is fixed for a CUDA graph captured at one batch size.
     """
-    target = 4 * _sm_count(device)
+    target = 2 * _sm_count(device)
     splits = 1
     while batch * num_kv_heads * splits < target and splits < 16 and max_tokens // (splits * 2) >= 128:
         splits *= 2
@@ -382,15 +410,16 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
         return out
 
     # general varlen: BLOCK_Q query tokens x the group's heads make the rows of one tile
-    block_m = 64 if head_dim <= 128 else 32
+    cfg = varlen_config
+    block_m = cfg["block_m"] or (64 if head_dim <= 128 else 32)
     block_q = max(1, block_m // block_g)
-    block_n = 64 if head_dim <= 64 else 32
+    block_n = cfg["block_n"] or (64 if head_dim <= 64 else 32)
     grid = (triton.cdiv(num_tokens, block_q) + num_seqs, num_kv_heads)
     _varlen_kernel[grid](
         q, k_cache, v_cache, bt, meta.context_lens, meta.query_start_loc, out,
         qk_scale, num_seqs, *strides,
         GROUP=group, BLOCK_G=block_g, HEAD_DIM=head_dim, BLOCK_D=block_d, BLOCK_SIZE=block_size,
         BLOCK_Q=block_q, BLOCK_N=block_n, IEEE=ieee, UPCAST=upcast,
-        num_warps=4, num_stages=2,
+        num_warps=cfg["num_warps"] or 4, num_stages=cfg["num_stages"] or 2,
     )
     return out

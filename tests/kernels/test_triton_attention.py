@@ -32,11 +32,12 @@ TOL = {torch.float32: 1e-3, torch.bfloat16: 1e-2}
 
 
 @pytest.fixture(autouse=True)
-def _reset_decode_config():
-    saved = dict(ta.decode_config)
+def _reset_configs():
+    saved = dict(ta.decode_config), dict(ta.varlen_config)
     yield
-    ta.decode_config.clear()
-    ta.decode_config.update(saved)
+    for config, values in zip((ta.decode_config, ta.varlen_config), saved):
+        config.clear()
+        config.update(values)
 
 
 def check_attention(seqs, *, num_heads, num_kv_heads, head_dim, block_size, dtype, device, seed,
@@ -117,6 +118,15 @@ def test_varlen_interp(dtype, num_heads, num_kv_heads, head_dim, block_size, see
 
 
 @interp
+@pytest.mark.parametrize("block_m,block_n", [(16, 16), (32, 128), (128, 32)])
+def test_varlen_tiles_interp(block_m, block_n):
+    """Other tile shapes: tiles of one or few query tokens, and key tiles over several cache blocks."""
+    ta.varlen_config.update(block_m=block_m, block_n=block_n)
+    check_attention([(70, 70), (90, 23), (5, 1), (130, 40)], num_heads=8, num_kv_heads=2, head_dim=64,
+                    block_size=16, dtype=torch.float32, device="cpu", seed=block_m)
+
+
+@interp
 def test_varlen_empty_sequence_interp():
     """A sequence with no query tokens this step contributes nothing and breaks nothing."""
     check_attention([(20, 4), (33, 0), (17, 17)], num_heads=4, num_kv_heads=2, head_dim=64, block_size=16,
@@ -183,6 +193,17 @@ def test_varlen_cuda(no_tf32, dtype, num_heads, num_kv_heads, head_dim, block_si
     seqs += [(1024, 1024), (1500, 512), (704, 1), (3, 3)]
     check_attention(seqs, num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
                     block_size=block_size, dtype=dtype, device="cuda", seed=seed)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("block_m,block_n,num_warps", [(16, 32, 4), (32, 64, 4), (128, 64, 8), (128, 128, 8)])
+def test_varlen_tiles_cuda(no_tf32, block_m, block_n, num_warps):
+    ta.varlen_config.update(block_m=block_m, block_n=block_n, num_warps=num_warps)
+    gen = torch.Generator().manual_seed(block_m + block_n)
+    seqs = random_seqs(gen, 24, max_ctx=1500, max_query=600) + [(1024, 1024), (1500, 512), (704, 1)]
+    for dtype in (torch.float32, torch.bfloat16):
+        check_attention(seqs, num_heads=32, num_kv_heads=8, head_dim=64, block_size=16, dtype=dtype,
+                        device="cuda", seed=block_m)
 
 
 @pytest.mark.cuda
