@@ -111,9 +111,10 @@ class LLMEngine:
         return GenerateResult(records, wall, sum(len(r.output_token_ids) for r in records), steps, start_epoch_ns)
 
     def warmup(self, num_steps: int = 8) -> None:
-        """A few unrecorded steps (prefill and decode) so that first-use costs stay out of a profile."""
-        n = max(1, min(self.cfg.max_seqs, 8))
-        prompt = max(1, min(32, self.max_model_len - num_steps - 1, self.cfg.max_batch_tokens // n))
+        """Unrecorded steps (full-budget prefill chunks, then decodes) so first-use costs stay out of a profile."""
+        cfg = self.cfg
+        n = max(1, min(cfg.max_seqs, 32))
+        prompt = max(1, min(2 * cfg.max_batch_tokens // n, self.max_model_len - num_steps - 1))
         reqs = [Request(i, [(7 * i + j) % self.vocab_size for j in range(prompt)], max(1, num_steps))
                 for i in range(n)]
         self.generate(reqs)
