@@ -81,14 +81,13 @@ class RotaryEmbedding(nn.Module):
         self.cos = emb.cos() * attention_factor
         self.sin = emb.sin() * attention_factor
 
-    def forward(self, positions: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """Rotate ``x`` ``[T, heads, D]`` (queries and keys together: one pass for both)."""
-        cos = self.cos[positions].unsqueeze(1)  # [T, 1, D]
-        sin = self.sin[positions].unsqueeze(1)
-        return _apply_rope(x, cos, sin)
+    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin ``[T, 1, D]`` for the step's positions (looked up once, used by every layer)."""
+        return self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
 
 
-def _apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x`` ``[T, heads, D]`` in fp32 (rotate-half convention)."""
     dtype = x.dtype
     x = x.float()
     half = x.shape[-1] // 2
@@ -108,10 +107,10 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.q_size, config.hidden_size, bias=bool(getattr(config, "attention_bias", False)))
         self.scale = self.head_dim ** -0.5
 
-    def forward(self, x, positions, rope: RotaryEmbedding, meta: AttentionMetadata, k_cache, v_cache):
+    def forward(self, x, cos_sin, meta: AttentionMetadata, k_cache, v_cache):
         qkv = self.qkv_proj(x)
         qk, v = qkv.split([self.q_size + self.kv_size, self.kv_size], dim=-1)
-        qk = rope(positions, qk.view(-1, self.num_heads + self.num_kv_heads, self.head_dim))
+        qk = apply_rope(qk.view(-1, self.num_heads + self.num_kv_heads, self.head_dim), *cos_sin)  # q, k at once
         q, k = qk.split([self.num_heads, self.num_kv_heads], dim=1)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
         store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
@@ -140,8 +139,8 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, x, positions, rope, meta, k_cache, v_cache):
-        x = x + self.self_attn(self.input_layernorm(x), positions, rope, meta, k_cache, v_cache)
+    def forward(self, x, cos_sin, meta, k_cache, v_cache):
+        x = x + self.self_attn(self.input_layernorm(x), cos_sin, meta, k_cache, v_cache)
         return x + self.mlp(self.post_attention_layernorm(x))
 
 
@@ -168,8 +167,9 @@ class CausalLM(nn.Module):
     def forward(self, input_ids, positions, meta: AttentionMetadata, kv_cache: torch.Tensor) -> torch.Tensor:
         """``kv_cache``: ``[2, layers, num_blocks, block_size, kv_heads, head_dim]``."""
         x = self.embed_tokens(input_ids)
+        cos_sin = self.rope(positions)
         for i, layer in enumerate(self.layers):
-            x = layer(x, positions, self.rope, meta, kv_cache[0, i], kv_cache[1, i])
+            x = layer(x, cos_sin, meta, kv_cache[0, i], kv_cache[1, i])
         return self.norm(x)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:

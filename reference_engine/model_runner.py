@@ -78,6 +78,7 @@ class ModelRunner:
         self.host32 = [torch.zeros(self.n32, dtype=torch.int32, pin_memory=pin) for _ in range(2)]
         self.host_out = [torch.zeros(max_s, dtype=torch.int64, pin_memory=pin) for _ in range(2)]
         self.np_views = [self._views(h64.numpy(), h32.numpy()) for h64, h32 in zip(self.host64, self.host32)]
+        self._bt_rows: list[list[tuple[list[int], int] | None]] = [[None] * max_s for _ in range(2)]
         for v in self.np_views:
             v["slot"][:] = -1
             v["gather"][:] = -1
@@ -151,9 +152,17 @@ class ModelRunner:
             pos = np.arange(t) + np.repeat(starts - qsl[:b], lens)
             v["ctx"][:b] = starts + lens
         v["pos"][:t] = pos
-        bt = v["bt"]
-        for i, table in enumerate(batch.block_tables):
-            bt[i, :len(table)] = table
+        bt, rows = v["bt"], self._bt_rows[k]
+        for i, table in enumerate(batch.block_tables):  # rewrite only what changed since this buffer's last use
+            n = len(table)
+            old = rows[i]
+            if old is not None and old[0] is table:  # same list: tables only ever grow in place
+                if old[1] != n:
+                    bt[i, old[1]:n] = table[old[1]:]
+                    rows[i] = (table, n)
+            else:
+                bt[i, :n] = table
+                rows[i] = (table, n)
         v["slot"][:t] = bt[seq_of_token, pos // bs] * bs + pos % bs
         v["sample"][:s] = qsl[np.asarray(batch.sample_rows, dtype=np.int64) + 1] - 1
         neg = ids[:t] < 0

@@ -104,20 +104,25 @@ class Scheduler:
         lens: list[int] = []
         preempted = False
         running = self.running
+        bs, free = bm.block_size, bm.free_blocks
         i = 0
         while i < len(running) and budget > 0 and len(seqs) < self.max_seqs:
             seq = running[i]
-            n = min(seq.num_tokens - seq.num_computed, budget)
+            n = len(seq.token_ids) - seq.num_computed
+            if n > budget:
+                n = budget
             target = seq.num_computed + n
-            while not bm.can_grow(seq, target):
-                victim = running[-1]
-                self._preempt(victim)
-                preempted = True
-                if victim is seq:
+            need = (target + bs - 1) // bs - len(seq.block_table)
+            if need > 0:
+                while need > len(free):  # out of blocks: preempt the newest running sequence
+                    victim = running[-1]
+                    self._preempt(victim)
+                    preempted = True
+                    if victim is seq:
+                        break
+                if seq.status is not Status.RUNNING:
                     break
-            if seq.status is not Status.RUNNING:
-                break
-            bm.grow(seq, target)
+                bm.grow(seq, target)
             seqs.append(seq)
             lens.append(n)
             budget -= n

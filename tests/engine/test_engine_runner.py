@@ -1,0 +1,68 @@
+"""The runner's vectorized input preparation equals a plain per-token computation, step after step."""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from reference_engine.block_manager import BlockManager
+from reference_engine.model_runner import ModelRunner, graph_batch_sizes
+from reference_engine.records import RequestRecord
+from reference_engine.scheduler import Scheduler
+from reference_engine.sequence import Request, Sequence
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_prepare_matches_naive(seed):
+    rng = random.Random(seed)
+    bs, max_t, max_s, max_len = 4, 48, 6, 128
+    seqs = []
+    for i in range(14):
+        req = Request(i, [rng.randrange(1, 50) for _ in range(rng.randint(1, 40))], rng.randint(1, 20))
+        seqs.append(Sequence(req, RequestRecord(i, req.prompt_len, req.max_new_tokens, 0.0)))
+    sched = Scheduler(BlockManager(24, bs), max_t, max_s, max_len)
+    sched.add(seqs)
+    runner = ModelRunner(None, None, max_batch_tokens=max_t, max_seqs=max_s, block_size=bs, max_model_len=max_len,
+                         device=torch.device("cpu"), cuda_graphs=False, worker_thread=False)
+    runner.graph_sizes = graph_batch_sizes(max_s)  # exercise the padding of decode steps too
+    inflight, step = [], 0
+    while sched.has_unfinished or inflight:
+        batch = sched.schedule(0.0) if sched.has_unfinished else None
+        if batch is not None:
+            k = step % 2
+            plan = runner.prepare(batch, k)
+            v = runner.np_views[k]
+            ids, pos, slots, qsl, ctx = [], [], [], [0], []
+            for seq, table, start, n in zip(batch.seqs, batch.block_tables, batch.starts, batch.lens):
+                for p in range(start, start + n):
+                    ids.append(seq.token_ids[p])
+                    pos.append(p)
+                    slots.append(table[p // bs] * bs + p % bs)
+                qsl.append(qsl[-1] + n)
+                ctx.append(start + n)
+            t, b = len(ids), len(batch.seqs)
+            assert plan.num_tokens == t and plan.num_seqs == b
+            ids = np.array(ids)
+            gather = np.where(ids < 0, -ids - 1, -1)
+            assert (v["ids"][:t] == np.where(ids < 0, 0, ids)).all()
+            assert plan.has_gather == bool((ids < 0).any())
+            if plan.has_gather:
+                assert (v["gather"][:t] == gather).all()
+            assert (v["pos"][:t] == pos).all() and (v["slot"][:t] == slots).all()
+            assert (v["qsl"][:b + 1] == qsl).all() and (v["ctx"][:b] == ctx).all()
+            for i, table in enumerate(batch.block_tables):
+                assert (v["bt"][i, :len(table)] == table).all()
+            assert (v["sample"][:len(batch.sample_rows)] == [qsl[r + 1] - 1 for r in batch.sample_rows]).all()
+            if plan.graph_bs:
+                assert batch.decode_only and plan.graph_bs >= b
+                assert (v["slot"][b:plan.graph_bs] == -1).all() and (v["ctx"][b:plan.graph_bs] == 0).all()
+                assert (v["qsl"][:plan.graph_bs + 1] == np.arange(plan.graph_bs + 1)).all()
+            inflight.append(batch)
+            step += 1
+        while len(inflight) > (1 if batch is not None else 0):
+            done = inflight.pop(0)
+            sched.update(done, [rng.randrange(1, 50) for _ in done.sample_rows], 0.0)
+    assert sum(s.record.preemptions for s in seqs) > 0 or seed != 0
