@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from reference_engine import EngineConfig, LLMEngine, WorkloadConfig, make_workload
+from reference_engine import EngineConfig, LLMEngine, SamplingParams, WorkloadConfig, make_workload
 
 pytestmark = pytest.mark.cuda
 
 
-def _tokens(mode: str, graphs: bool, **kw):
+def _tokens(mode: str, graphs: bool, sampling=None, **kw):
     engine = LLMEngine(EngineConfig(mode=mode, device="cuda", cuda_graphs=graphs, **kw))
     reqs = make_workload(WorkloadConfig(num_requests=24, prompt_len="uniform:4:300", output_len="uniform:1:40",
                                         seed=7), vocab_size=engine.vocab_size)
-    result = engine.generate(reqs)
+    result = engine.generate(reqs, sampling=sampling)
     assert engine.cuda_graphs == graphs or not graphs
     assert result.output_tokens == sum(r.max_new_tokens for r in reqs)
     return [r.output_token_ids for r in result.records], sum(r.preemptions for r in result.records)
@@ -39,3 +39,13 @@ def test_graphs_match_eager_on_cuda_fp32():
     eager, _ = _tokens("sync", False, **kw)
     graph, _ = _tokens("async", True, **kw)
     assert eager == graph
+
+
+def test_seeded_sampling_sync_equals_async_on_cuda():
+    params = SamplingParams(temperature=0.8, top_k=50, top_p=0.9)
+    kw = dict(max_batch_tokens=256, max_seqs=16)
+    sync, _ = _tokens("sync", True, params, **kw)
+    asyn, _ = _tokens("async", True, params, **kw)
+    greedy, _ = _tokens("sync", True, **kw)
+    assert sync == asyn
+    assert sync != greedy
