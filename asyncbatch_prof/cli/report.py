@@ -1,15 +1,82 @@
-"""`abprof report` and `abprof compare` (being built: see their issue)."""
+"""`abprof report` (re-render a run folder's HTML report) and `abprof compare` (runs side by side)."""
 
 from __future__ import annotations
 
-from asyncbatch_prof.cli.errors import fail
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from asyncbatch_prof.cli.errors import cli_errors
 
 
-def report() -> None:
-    """Not available yet in this build."""
-    raise fail("'abprof report' is not available in this build yet")
+def report(
+    run: Annotated[Path, typer.Argument(metavar="RUN", help="A complete run folder.", show_default=False)],
+    *,
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", "-o", metavar="FILE", help="Where to write the HTML. Default: RUN/report.html.",
+        show_default=False)] = None,
+) -> None:
+    """Render a run folder's self-contained HTML report (works offline)."""
+    with cli_errors():
+        from asyncbatch_prof.report import write_report
+
+        path = write_report(run, out=out)
+    typer.echo(f"report: {path}")
 
 
-def compare() -> None:
-    """Not available yet in this build."""
-    raise fail("'abprof compare' is not available in this build yet")
+def _print_table(views, warning: str | None) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from asyncbatch_prof.analysis.contract import lookup
+    from asyncbatch_prof.report.cards import format_value
+    from asyncbatch_prof.report.compare import COMPARED, _names, delta
+
+    names = _names(views)
+    table = Table(title=f"abprof compare (deltas against {names[0]})", title_justify="left")
+    table.add_column("metric")
+    for name in names:
+        table.add_column(name, justify="right")
+    styles = {"better": "green", "worse": "red", "same": "dim"}
+    for metric, label in COMPARED:
+        base = lookup(views[0].doc, metric)[0]
+        cells = []
+        for view in views:
+            value = lookup(view.doc, metric)[0]
+            if value is None:
+                cells.append("[dim]absent[/dim]")
+                continue
+            text = format_value(metric, value)
+            if view is not views[0]:
+                d = delta(metric, label, base, value)
+                if d.direction:
+                    text += f" [{styles[d.direction]}]{d.change} ({d.direction})[/]"
+            cells.append(text)
+        table.add_row(label, *cells)
+    console = Console()
+    if warning:
+        console.print(f"[yellow]warning:[/yellow] workloads differ (--force): {warning}", highlight=False)
+    console.print(table)
+
+
+def compare(
+    runs: Annotated[list[Path], typer.Argument(metavar="RUN", help="Two or more run folders of one workload; "
+                                               "the first is the baseline.", show_default=False)],
+    *,
+    out: Annotated[Optional[Path], typer.Option(
+        "--out", "-o", metavar="DIR", help="Folder for compare.html (or a path ending in .html). "
+        "Default: the first run's parent folder.", show_default=False)] = None,
+    force: Annotated[bool, typer.Option("--force", help="Compare runs of different workloads anyway.")] = False,
+) -> None:
+    """Compare runs: a table of deltas with direction here, and the figures side by side in compare.html."""
+    with cli_errors():
+        from asyncbatch_prof import runfolder
+        from asyncbatch_prof.report.compare import load_comparison, render_comparison
+
+        views, warning = load_comparison(runs, force)
+        target = out if out is not None else Path(runs[0]).resolve().parent
+        path = target if target.suffix == ".html" else target / "compare.html"
+        _print_table(views, warning)
+        runfolder.atomic_write_text(path, render_comparison(views, warning))
+    typer.echo(f"comparison: {path}")

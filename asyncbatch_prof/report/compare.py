@@ -1,0 +1,170 @@
+"""Comparing runs of one workload: deltas with direction against the first run, and the figures side by side.
+
+Runs of different workloads are refused (their numbers would not mean what the deltas say) unless
+forced; the refusal names the first workload key that differs.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from asyncbatch_prof import runfolder
+from asyncbatch_prof.analysis.contract import lookup, parse_name
+from asyncbatch_prof.errors import AbprofError
+from asyncbatch_prof.report import cards
+from asyncbatch_prof.report.page import Page
+from asyncbatch_prof.report.run_report import FIGURES, build_figures, cards_html
+from asyncbatch_prof.report.run_view import RunView, load_run
+
+COMPARED = [
+    ("gpu_idle_pct.step", "GPU idle (step window)"), ("gpu_idle_pct.kernel", "GPU idle (kernel window)"),
+    ("host_bound_pct", "host-bound idle"), ("launch_latency_pct", "launch-latency idle"),
+    ("dependency_pct", "dependency idle"), ("overlap_pct", "CPU/GPU overlap"), ("sync_wait_pct", "sync wait"),
+    ("tokens_per_s", "output tokens/s"), ("requests_per_s", "requests/s"),
+    ("ttft_ms_p50", "TTFT p50"), ("ttft_ms_p99", "TTFT p99"), ("itl_ms_p50", "ITL p50"), ("itl_ms_p99", "ITL p99"),
+    ("e2e_ms_p50", "e2e p50"), ("e2e_ms_p99", "e2e p99"),
+    ("nvml_util_pct", "NVML util (any kernel running)"), ("joules_per_token", "energy per token"),
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Delta:
+    """One metric of one run against the baseline: the values, the change in words, and its direction
+    ('better', 'worse', 'same', or None when either side is absent)."""
+
+    metric: str
+    label: str
+    base: float | None
+    value: float | None
+    change: str
+    direction: str | None
+
+
+def delta(metric: str, label: str, base: float | None, value: float | None) -> Delta:
+    """Change from ``base`` to ``value``: percentage points for shares (%), relative % otherwise."""
+    if base is None or value is None:
+        return Delta(metric, label, base, value, "absent", None)
+    contract, _ = parse_name(metric)
+    diff = value - base
+    if contract.unit == "%":
+        change, same = f"{diff:+.1f} points", abs(diff) < 0.05
+    elif base != 0:
+        rel = 100.0 * diff / abs(base)
+        change, same = f"{rel:+.0f}%", abs(rel) < 0.5
+    else:
+        change, same = f"{diff:+g} {contract.unit}", diff == 0
+    if same:
+        direction = "same"
+    else:
+        direction = "better" if (diff < 0) == (contract.better == "lower") else "worse"
+    return Delta(metric, label, base, value, change, direction)
+
+
+def deltas(base_doc: dict, doc: dict) -> list[Delta]:
+    """Every compared metric of ``doc`` against ``base_doc`` (metrics.json documents)."""
+    return [delta(m, label, lookup(base_doc, m)[0], lookup(doc, m)[0]) for m, label in COMPARED]
+
+
+def summary_line(d: Delta) -> str:
+    """``GPU idle (step window) 24.1% -> 1.8%, -22.3 points (better)`` for one delta."""
+    if d.direction is None:
+        return f"{d.label}: absent in one run"
+    fmt = lambda v: cards.format_value(d.metric, v)  # noqa: E731
+    return f"{d.label} {fmt(d.base)} → {fmt(d.value)}, {d.change} ({d.direction})"
+
+
+def check_same_workload(runs: Sequence[tuple[Path, dict]], force: bool) -> str | None:
+    """Raise AbprofError unless every run.json has the first run's workload; with force, return the
+    difference as a warning instead. None when the workloads match."""
+    base_dir, base_run = runs[0]
+    base = base_run.get("workload")
+    for run_dir, run in runs[1:]:
+        other = run.get("workload")
+        if other == base:
+            continue
+        if base is None or other is None:
+            why = f"{base_dir if base is None else run_dir} has no workload in run.json"
+        else:
+            key = next(k for k in sorted(set(base) | set(other)) if base.get(k) != other.get(k))
+            why = f"workload {key!r} is {base.get(key)!r} in {base_dir} but {other.get(key)!r} in {run_dir}"
+        if not force:
+            raise AbprofError(f"runs have different workloads, so their numbers do not compare: {why} (--force to compare anyway)")
+        return why
+    return None
+
+
+def load_comparison(run_dirs: Sequence[Path], force: bool = False,
+                    analyses: Sequence[Any] | None = None) -> tuple[list[RunView], str | None]:
+    """Load the runs after checking their workloads (before any trace is parsed); returns the views and
+    the forced workload difference, if any."""
+    if len(run_dirs) < 2:
+        raise AbprofError("compare needs at least two run folders")
+    runs = []
+    for run_dir in map(Path, run_dirs):
+        runfolder.check_complete(run_dir)
+        runs.append((run_dir, runfolder.read_json(run_dir / runfolder.RUN_JSON)))
+    warning = check_same_workload(runs, force)
+    analyses = list(analyses) if analyses is not None else [None] * len(runs)
+    return [load_run(d, a) for (d, _), a in zip(runs, analyses)], warning
+
+
+def _names(views: Sequence[RunView]) -> list[str]:
+    names = [v.run_dir.name for v in views]
+    if len(set(names)) < len(names):
+        names = [f"{v.run_dir.parent.name}/{v.run_dir.name}" for v in views]
+    return names
+
+
+def _delta_table(views: Sequence[RunView], names: list[str]) -> str:
+    head = "<tr><th>metric</th>" + "".join(f"<th>{html.escape(n)}</th>" for n in names) + "</tr>"
+    rows = []
+    for m, label in COMPARED:
+        cells = [f"<td>{html.escape(label)} <code>{m}</code></td>"]
+        base = lookup(views[0].doc, m)[0]
+        for view in views:
+            value, reason = lookup(view.doc, m)
+            if value is None:
+                cells.append(f'<td class="same" title="{html.escape(reason or "")}">absent</td>')
+                continue
+            text = html.escape(cards.format_value(m, value))
+            if view is not views[0]:
+                d = delta(m, label, base, value)
+                if d.direction:
+                    text += f' <span class="{d.direction}">{html.escape(d.change)}</span>'
+            cells.append(f'<td data-metric="{m}" data-value="{value!r}">{text}</td>')
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return f'<table class="deltas">{head}{"".join(rows)}</table>'
+
+
+def render_comparison(views: Sequence[RunView], warning: str | None = None) -> str:
+    """The comparison page: deltas against the first run, then each figure with the runs side by side."""
+    names = _names(views)
+    page = Page("abprof compare · " + " vs ".join(names))
+    page.add(f"<h1>abprof compare · {html.escape(' vs '.join(names))}</h1>"
+             f'<p class="sub">deltas against {html.escape(names[0])}; shares change in percentage points</p>')
+    if warning:
+        page.add(f'<p class="banner">Compared with --force although the workloads differ: {html.escape(warning)}</p>')
+    page.add("<h2>Deltas</h2>" + _delta_table(views, names))
+    grid = f'<div class="grid" style="grid-template-columns:repeat({len(views)},minmax(0,1fr))">'
+    page.add("<h2>Headline numbers</h2>" + grid + "".join(
+        f'<div class="run" data-run="{html.escape(n)}"><h3>{html.escape(n)}</h3>{cards_html(v.doc)}</div>'
+        for n, v in zip(names, views)) + "</div>")
+    slots = [build_figures(v) for v in views]
+    for index, (_, title) in enumerate(FIGURES):
+        cells = "".join(f"<div><h3>{html.escape(n)}</h3>{page.figure(s[index])}</div>" for n, s in zip(names, slots))
+        page.add(f"<h2>{html.escape(title)}</h2>{grid}{cells}</div>")
+    page.add("<h2>Configuration and environment</h2>" + grid + "".join(
+        f"<div><h3>{html.escape(n)}</h3>{cards.config_html(v.run)}</div>" for n, v in zip(names, views)) + "</div>")
+    return page.render()
+
+
+def write_comparison(run_dirs: Sequence[Path], out_path: Path, force: bool = False,
+                     analyses: Sequence[Any] | None = None) -> Path:
+    """Write the comparison page of ``run_dirs`` to ``out_path`` atomically; refuses different workloads
+    unless ``force`` (AbprofError). ``analyses``: TraceAnalysis per run, or None to re-analyze."""
+    views, warning = load_comparison(run_dirs, force, analyses)
+    runfolder.atomic_write_text(Path(out_path), render_comparison(views, warning))
+    return Path(out_path)

@@ -1,0 +1,106 @@
+"""Page assembly: one self-contained HTML file with plotly.js embedded once and every figure as JSON.
+
+Nothing is fetched from the network: the page works from file:// on a machine with no connection.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from functools import lru_cache
+
+import plotly.graph_objects as go
+
+CSS = """
+body{font-family:system-ui,sans-serif;margin:0 auto;max-width:1500px;padding:16px 24px;color:#222;background:#fafafa}
+h1{font-size:22px;margin:4px 0}h2{font-size:17px;margin:26px 0 8px;border-bottom:1px solid #ddd;padding-bottom:4px}
+h3{font-size:13px;margin:4px 0}.sub{color:#666;font-size:13px}
+.cards{display:flex;flex-wrap:wrap;gap:10px}.card{background:white;border:1px solid #ddd;border-radius:6px;
+padding:8px 12px;min-width:150px;flex:0 1 180px}.card .label{font-size:12px;color:#555}
+.card .value{font-size:24px;font-weight:600;margin:2px 0}.card .note{font-size:11px;color:#777}
+.card.absent .value{color:#999;font-style:italic;font-size:18px}.card.absent{background:#f4f4f4}
+.pair{display:flex;gap:10px}.banner{background:#fff3cd;border:1px solid #e0c36a;padding:8px;border-radius:4px}
+.fig{background:white;border:1px solid #ddd;border-radius:6px;margin:10px 0;min-height:40px}
+.fig-absent{padding:14px;color:#777;font-style:italic}
+.grid{display:grid;gap:10px}.grid>div{min-width:0}
+.cfgs{display:flex;flex-wrap:wrap;gap:12px}.cfg table{border-collapse:collapse;font-size:12px;background:white}
+.cfg th,.cfg td{border:1px solid #e3e3e3;padding:2px 6px;text-align:left;vertical-align:top;max-width:520px;
+overflow-wrap:anywhere}td.absent{color:#999;font-style:italic}
+table.deltas{border-collapse:collapse;background:white;font-size:13px}table.deltas th,table.deltas td{
+border:1px solid #e3e3e3;padding:3px 8px;text-align:right}table.deltas td:first-child{text-align:left}
+.better{color:#1b7a1b;font-weight:600}.worse{color:#b71c1c;font-weight:600}.same{color:#666}
+code{font-size:11px}
+"""
+
+# Figures are drawn after load, from JSON blocks: JSON.parse is fast, and one loop keeps the page's
+# own script short. Errors go to the console so the browser test sees them.
+BOOT = """
+window.addEventListener('load', function () {
+  var loaded = performance.now();
+  document.querySelectorAll('script.fig-data').forEach(function (node) {
+    var spec = JSON.parse(node.textContent);
+    Plotly.newPlot(node.dataset.target, spec.data, spec.layout,
+                   {responsive: true, displaylogo: false, scrollZoom: false});
+  });
+  document.body.dataset.loadMs = loaded.toFixed(1);
+  document.body.dataset.renderedMs = performance.now().toFixed(1);
+  document.body.dataset.rendered = 'yes';
+});
+"""
+
+
+@dataclass(slots=True)
+class FigureSlot:
+    """A figure of the page, or the reason it could not be drawn (shown in its place, never an empty plot)."""
+
+    kind: str
+    title: str
+    figure: go.Figure | None
+    absent: str | None = None
+
+
+@lru_cache(maxsize=1)
+def plotly_js() -> str:
+    """plotly.js, minified, from the installed plotly package (no CDN)."""
+    from plotly.offline import get_plotlyjs
+
+    return get_plotlyjs()
+
+
+def _safe_json(fig: go.Figure) -> str:
+    # "</" inside a kernel name would end the script element early
+    return fig.to_json().replace("</", "<\\/")
+
+
+class Page:
+    """Collects HTML parts and figures, then renders one self-contained document."""
+
+    def __init__(self, title: str) -> None:
+        self.title = title
+        self.parts: list[str] = []
+        self._count = 0
+
+    def add(self, markup: str) -> None:
+        """Append raw HTML (already escaped by the caller)."""
+        self.parts.append(markup)
+
+    def figure(self, slot: FigureSlot) -> str:
+        """HTML for one figure slot: a plot div plus its JSON, or the absent reason in its place."""
+        self._count += 1
+        fig_id = f"fig-{self._count}"
+        if slot.figure is None:
+            reason = html.escape(slot.absent or "no data")
+            return (f'<div class="fig fig-absent" data-figure="{slot.kind}" data-absent="{reason}">'
+                    f"{html.escape(slot.title)}: absent ({reason})</div>")
+        return (f'<div class="fig plot" id="{fig_id}" data-figure="{slot.kind}"></div>'
+                f'<script type="application/json" class="fig-data" data-target="{fig_id}">{_safe_json(slot.figure)}</script>')
+
+    def render(self) -> str:
+        """The whole HTML document as a string."""
+        return (
+            "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{html.escape(self.title)}</title><style>{CSS}</style>"
+            f"<script>{plotly_js()}</script></head><body>"
+            + "".join(self.parts)
+            + f"<script>{BOOT}</script></body></html>"
+        )
