@@ -137,6 +137,11 @@ def nvml_figure(nvml: pd.DataFrame, base_time_ns: int | None, busy: tuple[np.nda
             share = busy_share_in_bins(busy[0], busy[1], edges_us)
             fig.add_scatter(x=t_ms[1:], y=share, mode="lines+markers", line_shape="hv", row=1, col=1,
                               name="trace busy share, same periods", line={"color": SERIES_COLORS[1]})
+    sm_active = series.get("gpm_sm_active_pct")
+    if sm_active is not None:
+        fig.add_scatter(x=(sm_active["epoch_us"].to_numpy(float) - shift_us) / 1e3, y=sm_active["value"].to_numpy(float),
+                        mode="lines", line_shape="hv", name="GPM SM active (%)", row=1, col=1,
+                        line={"color": SERIES_COLORS[4]})
     for row, (name, color) in enumerate((("sm_clock_mhz", SERIES_COLORS[0]), ("power_w", SERIES_COLORS[2])), start=2):
         frame = series.get(name)
         if frame is not None:

@@ -18,6 +18,8 @@ from asyncbatch_prof.report.style import GAP_COLORS, GAP_LABELS, PHASE_ORDER, ph
 
 MAX_SLICE_OPS = 20_000  # GPU ops drawn at most; a slice of steps stops before this many
 MAX_SLICE_STEPS = 40
+FIRST_VIEW_STEPS = 4  # the first view shows a few steps, where CPU phases are wide enough to see
+MIN_DRAWN_WIDTH = 1 / 2_000  # of the slice: shorter segments are widened to about a pixel, or they vanish
 DRAW_RESOLUTION = 4_000  # segments per lane width worth keeping apart (about a wide screen's pixels)
 NAMED_SEGMENTS = 3_000  # above this many segments in a lane, hover shows lane and time only (file size)
 
@@ -29,6 +31,7 @@ class Slice:
     start_us: float
     end_us: float
     label: str
+    view_end_us: float | None = None
 
 
 def choose_slice(steps: pd.DataFrame, op_starts_us: np.ndarray) -> Slice:
@@ -44,7 +47,11 @@ def choose_slice(steps: pd.DataFrame, op_starts_us: np.ndarray) -> Slice:
         count = max(1, min(fits, MAX_SLICE_STEPS))
         last = steps.iloc[count - 1]
         label = f"steps {int(steps['step'].iloc[0])}–{int(last['step'])} of {len(steps)} profiled"
-        return Slice(first, float(last["end_us"]), label)
+        view_end = None
+        if count > FIRST_VIEW_STEPS:
+            view_end = float(steps["end_us"].iloc[FIRST_VIEW_STEPS - 1])
+            label += f", first {FIRST_VIEW_STEPS} shown (double-click: all)"
+        return Slice(first, float(last["end_us"]), label, view_end)
     if not len(op_starts_us):
         return Slice(0.0, 0.0, "no GPU ops")
     stop = min(len(op_starts_us), MAX_SLICE_OPS) - 1
@@ -75,12 +82,14 @@ def _segments(starts: np.ndarray, ends: np.ndarray, lane: float) -> tuple[np.nda
 
 
 def _lane_trace(name: str, starts, ends, lane: float, color: str, origin_us: float, span_us: float,
-                names: np.ndarray | None = None) -> go.Scatter:
+                names: np.ndarray | None = None, widen: bool = False) -> go.Scatter:
     raw = len(starts)
     starts, ends = np.asarray(starts, float), np.asarray(ends, float)
     if names is None or raw > NAMED_SEGMENTS:
         starts, ends = merge_for_drawing(starts, ends, span_us / DRAW_RESOLUTION)
         names = None
+    if widen:  # CPU phases only: widened GPU ops or gaps would paint busy or idle time that is not there
+        ends = np.maximum(ends, starts + span_us * MIN_DRAWN_WIDTH)
     x, y = _segments((starts - origin_us) / 1e3, (ends - origin_us) / 1e3, lane)
     trace = go.Scatter(x=x, y=y, mode="lines", name=name, line={"color": color, "width": 12},
                          legendgroup=name, showlegend=False, hovertemplate=f"{name}<br>%{{x:.3f}} ms<extra></extra>")
@@ -115,7 +124,7 @@ def timeline_figure(analysis, origin_us: float) -> go.Figure:
     for phase in names_in_order:
         rows = phases[phases["phase"] == phase]
         traces.append(_lane_trace(f"CPU {_short(phase)}", rows["start_us"], rows["end_us"], lane(f"CPU {_short(phase)}"),
-                                  phase_color(_short(phase)), origin_us, span))
+                                  phase_color(_short(phase)), origin_us, span, widen=True))
     for stream in sorted(ops["stream"].unique(), key=str):
         rows = ops[ops["stream"] == stream]
         traces.append(_lane_trace(f"GPU stream {stream}", rows["start_us"], rows["end_us"],
@@ -129,12 +138,13 @@ def timeline_figure(analysis, origin_us: float) -> go.Figure:
         trace.update(showlegend=True)
         traces.append(trace)
     fig = go.Figure(traces)
-    fig.update_layout(base_layout(f"Timeline: {sl.label} (drag to zoom, double-click to reset)",
+    fig.update_layout(base_layout(f"Timeline: {sl.label}; drag to zoom",
                                   height=90 + 30 * len(ticks)))
     fig.update_yaxes(tickvals=[-(i + 1) for i in range(len(ticks))], ticktext=ticks, range=[-len(ticks) - 0.7, -0.3],
                      fixedrange=True, showgrid=False)
+    view_end = sl.view_end_us if sl.view_end_us is not None else sl.end_us
     fig.update_xaxes(title_text="ms since the first GPU op", range=[(sl.start_us - origin_us) / 1e3,
-                                                                    (sl.end_us - origin_us) / 1e3])
+                                                                    (view_end - origin_us) / 1e3])
     return fig
 
 

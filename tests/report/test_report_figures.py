@@ -36,7 +36,8 @@ def test_report_timeline_slice_is_bounded_on_a_large_trace():
     frames = plan(num_steps=60, kernels_per_step=1000)
     analysis = synthetic_analysis(frames, {"metrics": {}, "absent": {}})
     sl = choose_slice(analysis.steps, analysis.gpu_ops["start_us"].to_numpy())
-    assert sl.label == "steps 0–19 of 60 profiled"
+    assert sl.label == "steps 0–19 of 60 profiled, first 4 shown (double-click: all)"
+    assert sl.start_us < sl.view_end_us == analysis.steps["end_us"].iloc[3] < sl.end_us
     inside = analysis.gpu_ops[(analysis.gpu_ops.start_us >= sl.start_us) & (analysis.gpu_ops.start_us < sl.end_us)]
     assert len(inside) <= MAX_SLICE_OPS
     fig = timeline_figure(analysis, float(analysis.gpu_ops.start_us.min()))
