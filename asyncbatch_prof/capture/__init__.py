@@ -1,0 +1,1 @@
+"""Capture: run a workload on an engine under torch.profiler and NVML, and write the run folder."""

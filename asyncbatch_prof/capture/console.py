@@ -1,0 +1,89 @@
+"""What ``abprof run`` shows in the terminal: a progress bar fed by the engine's steps, and the summary table."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from asyncbatch_prof.analysis.contract import METRICS, lookup
+
+SUMMARY_ROWS = (
+    ("tokens_per_s", "output tokens/s"), ("requests_per_s", "requests/s"),
+    ("ttft_ms_p50", "TTFT p50 (ms)"), ("ttft_ms_p99", "TTFT p99 (ms)"),
+    ("itl_ms_p50", "ITL p50 (ms)"), ("itl_ms_p99", "ITL p99 (ms)"),
+    ("gpu_idle_pct", "GPU idle % (trace)"), ("host_bound_pct", "host-bound idle %"),
+    ("overlap_pct", "CPU/GPU overlap %"), ("sync_wait_pct", "sync wait %"),
+    ("nvml_util_pct", "NVML util % (a kernel ran)"), ("joules_per_token", "J/token"),
+    ("clock_throttled", "clocks throttled"),
+)
+
+
+class StepProgress:
+    """A rich progress bar advanced by the engine's ``on_step`` (one tick per engine step)."""
+
+    def __init__(self, console: Console, label: str):
+        self.console = console
+        self.label = label
+        self.progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                                 TextColumn("step {task.completed:.0f}"), TimeElapsedColumn(),
+                                 console=console, transient=True)
+        self.task = None
+
+    def __enter__(self) -> "StepProgress":
+        self.progress.__enter__()
+        self.task = self.progress.add_task(self.label, total=None)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.__exit__(*exc)
+
+    def phase(self, text: str) -> None:
+        """Show what the run is doing now; the step count restarts for each pass over the workload."""
+        self.progress.update(self.task, description=f"{self.label}: {text}", completed=0)
+
+    def on_step(self, step_index: int) -> None:
+        """Engine ``on_step`` callback: one more step done."""
+        self.progress.update(self.task, completed=step_index + 1)
+
+
+def _fmt(metric: str, value: float | None) -> str:
+    if value is None:
+        return "—"
+    if METRICS[metric].unit == "bool":
+        return "yes" if value else "no"
+    return f"{value:,.1f}" if abs(value) >= 100 else f"{value:.3g}" if abs(value) < 1 else f"{value:.2f}"
+
+
+def summary_table(labels: Sequence[str], docs: Sequence[dict[str, Any]]) -> tuple[Table, list[str]]:
+    """The summary table (one column per run) and the notes saying why a dash is a dash."""
+    table = Table(title="abprof run summary", show_lines=False)
+    table.add_column("metric")
+    for label in labels:
+        table.add_column(label, justify="right")
+    reasons: dict[str, set[str]] = {}
+    for metric, title in SUMMARY_ROWS:
+        cells = []
+        for doc in docs:
+            value, reason = lookup(doc, metric)
+            cells.append(_fmt(metric, value))
+            if value is None:
+                reasons.setdefault(reason, set()).add(metric)
+        table.add_row(title, *cells)
+    overheads = [doc.get("profiler_overhead") for doc in docs]
+    if any(overheads):
+        table.add_row("tokens/s unprofiled", *[_fmt("tokens_per_s", o.get("unprofiled_tokens_per_s")) if o else "—"
+                                              for o in overheads])
+        table.add_row("profiler overhead %", *[f"{o['overhead_pct']:.1f}" if o else "—" for o in overheads])
+    notes = [f"— {', '.join(sorted(names))}: {reason}" for reason, names in reasons.items()]
+    return table, notes
+
+
+def print_summary(console: Console, labels: Sequence[str], docs: Sequence[dict[str, Any]]) -> None:
+    """Print the summary table and its notes."""
+    table, notes = summary_table(labels, docs)
+    console.print(table)
+    for note in notes:
+        console.print(note, highlight=False, markup=False)

@@ -1,0 +1,115 @@
+"""torch.profiler over a window of engine steps, driven by the engine's ``on_step`` callback.
+
+The cycle is torch's ``schedule(wait, warmup, active, repeat=1)``: ``wait`` engine steps run
+unprofiled, ``warmup`` steps run with the profiler on but discarded (CUPTI start-up is not
+measured), then ``active`` steps are recorded and the trace is written gzipped, in torch's own
+format (it opens in Perfetto). ``prof.step()`` is called after every engine step, so engine step
+``k`` is recorded exactly when ``wait + warmup <= k < wait + warmup + active``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from asyncbatch_prof.errors import AbprofError
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileWindow:
+    """Which engine steps to profile (counts of steps)."""
+
+    wait: int = 0  # steps before the profiler starts
+    warmup: int = 1  # profiler-on steps that are discarded (>= 1)
+    active: int = 64  # steps recorded
+
+    def __post_init__(self) -> None:
+        if self.wait < 0 or self.warmup < 1 or self.active < 1:
+            raise AbprofError(f"bad profile window: wait={self.wait} (>= 0), warmup={self.warmup} (>= 1), "
+                              f"active={self.active} (>= 1)")
+
+    @property
+    def first(self) -> int:
+        """Index of the first recorded engine step."""
+        return self.wait + self.warmup
+
+    def profiled_steps(self, num_steps: int) -> list[int] | None:
+        """``[first, last]`` recorded engine step indices for a run of ``num_steps`` steps, None if none."""
+        last = min(self.first + self.active, num_steps) - 1
+        return [self.first, last] if last >= self.first else None
+
+    def describe(self) -> str:
+        """Human-readable window, e.g. ``steps 8–71 (after 2 warm-up steps)``."""
+        return f"steps {self.first}–{self.first + self.active - 1} (after {self.warmup} profiler warm-up steps)"
+
+
+class StepProfiler:
+    """Context manager: ``with StepProfiler(path, window) as p: engine.generate(..., on_step=p.step)``.
+
+    After exit, ``trace_written`` says whether a trace reached ``trace_path`` (written through a
+    temporary name and a rename, so a half-written trace never has the final name).
+    """
+
+    def __init__(self, trace_path: Path, window: ProfileWindow, with_stack: bool = False,
+                 cuda: bool | None = None):
+        self.trace_path = Path(trace_path)
+        self.window = window
+        self.with_stack = with_stack
+        self.cuda = cuda
+        self.steps_seen = 0
+        self.trace_written = False
+        self._prof = None
+        self._ready = False
+
+    def _on_trace_ready(self, prof) -> None:
+        # Exporting here would run inside the engine's step (hundreds of ms inside the measured
+        # wall time); the trace stays in the profiler and is exported after the run instead.
+        self._ready = True
+
+    def _export(self, prof) -> None:
+        tmp = self.trace_path.with_name(f".{self.trace_path.name}.part.json.gz")
+        prof.export_chrome_trace(str(tmp))  # a .gz suffix makes torch gzip it
+        os.replace(tmp, self.trace_path)
+        self.trace_written = True
+
+    def __enter__(self) -> "StepProfiler":
+        import torch
+        from torch.profiler import ProfilerActivity, profile, schedule
+
+        cuda = torch.cuda.is_available() if self.cuda is None else self.cuda
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        w = self.window
+        self._prof = profile(activities=activities,
+                             schedule=schedule(wait=w.wait, warmup=w.warmup, active=w.active, repeat=1),
+                             on_trace_ready=self._on_trace_ready, with_stack=self.with_stack,
+                             record_shapes=False, profile_memory=False)
+        self._prof.__enter__()
+        return self
+
+    def step(self, step_index: int | None = None) -> None:
+        """The engine's ``on_step``: advance the profiler schedule by one engine step."""
+        self.steps_seen += 1
+        if self._prof is not None:
+            self._prof.step()
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._prof is not None:
+            prof, self._prof = self._prof, None
+            prof.__exit__(exc_type, exc, tb)
+            # a failed run's partial trace is not worth the export time
+            if exc_type is None and self._ready:
+                self._export(prof)
+
+
+def warm_up_profiler(cuda: bool) -> None:
+    """Start and stop the profiler once on a trivial op, so its one-time start-up cost (CUPTI
+    initialisation: seconds on a GPU) is paid before the measured run, not inside one of its steps."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    device = "cuda" if cuda else "cpu"
+    with profile(activities=activities):
+        x = torch.ones(8, device=device)
+        (x + x).sum().item()

@@ -1,0 +1,70 @@
+"""NVML sampler against a fake pynvml: series, lastSeen handling, GPM, absent NVML, metrics over a window."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from asyncbatch_prof.capture.nvml import NvmlSampler, nvml_csv, nvml_metrics
+
+
+def _sample(fake, seconds=0.35):
+    sampler = NvmlSampler(interval_s=0.02, buffer_poll_s=0.05)
+    sampler.start()
+    sampler.mark("generate_start")
+    time.sleep(seconds)
+    sampler.mark("generate_end")
+    sampler.stop()
+    return sampler
+
+
+def test_capture_nvml_series_and_metrics(fake_nvml):
+    fake = fake_nvml
+    s = _sample(fake)
+    assert s.available and s.gpm_supported and fake.shutdown
+    series = {name for _, name, _ in s.snapshot()}
+    assert {"util_pct", "mem_util_pct", "sm_clock_mhz", "mem_clock_mhz", "power_w", "energy_mj", "mem_used_mib",
+            "clock_event_reasons", "gpm_sm_active_pct", "gpm_dram_bw_pct"} <= series
+    # util samples are only those after start (lastSeen starts at now), never repeated
+    util_times = [t for t, name, _ in s.snapshot() if name == "util_pct"]
+    assert len(util_times) == len(set(util_times)) and util_times
+    assert min(util_times) >= s.marks["generate_start"]["epoch_us"] - 1
+    assert all(last > 0 for _, last in fake.last_seen_args)
+    power = [v for _, name, v in s.snapshot() if name == "power_w"]
+    assert set(power) == {350.0}  # mW → W
+    start, end = s.marks["generate_start"]["epoch_us"], s.marks["generate_end"]["epoch_us"]
+    metrics, absent, section = nvml_metrics(s, start, end, output_tokens=10)
+    assert metrics["nvml_util_pct"] == 70 and metrics["sm_active_pct"] == 40
+    energy_j = (s.marks["generate_end"]["energy_mj"] - s.marks["generate_start"]["energy_mj"]) / 1000
+    assert energy_j > 0 and metrics["joules_per_token"] == pytest.approx(energy_j / 10)
+    assert metrics["clock_throttled"] is False and not absent
+    assert section["sm_clock_mhz"]["max"] == 1980
+
+
+def test_capture_nvml_throttle_and_no_gpm(fake_nvml):
+    s = _sample(fake_nvml.configure(gpm=False, reasons=0x1 | 0x4 | 0x40), seconds=0.2)
+    metrics, absent, section = nvml_metrics(s, s.marks["generate_start"]["epoch_us"],
+                                            s.marks["generate_end"]["epoch_us"], output_tokens=5)
+    assert metrics["clock_throttled"] is True
+    assert section["throttle_reasons"] == ["sw_power_cap", "hw_thermal"]
+    assert "sm_active_pct" in absent and "GPM not supported" in absent["sm_active_pct"]
+    assert not any(name.startswith("gpm") for _, name, _ in s.snapshot())
+
+
+def test_capture_nvml_absent_library(no_nvml):
+    s = NvmlSampler().start()
+    s.mark("generate_start")
+    s.mark("generate_end")
+    s.stop()
+    assert not s.available and "pynvml" in s.reason
+    metrics, absent, section = nvml_metrics(s, 0, 1, output_tokens=3)
+    assert metrics == {} and set(absent) == {"nvml_util_pct", "sm_active_pct", "joules_per_token",
+                                             "clock_throttled"}
+    assert section == {"available": False, "reason": s.reason}
+    assert nvml_csv([]) == "epoch_us,series,value\n"
+
+
+def test_capture_nvml_csv_long_format():
+    text = nvml_csv([(1.5, "util_pct", 70.0), (2.0, "power_w", 350.25)])
+    assert text.splitlines() == ["epoch_us,series,value", "1.500,util_pct,70", "2.000,power_w,350.25"]
