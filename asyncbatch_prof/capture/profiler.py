@@ -61,6 +61,7 @@ class StepProfiler:
         self.trace_written = False
         self._prof = None
         self._ready = False
+        self.all_threads = False  # whether CPU ops of every thread are recorded (set on enter)
 
     def _on_trace_ready(self, prof) -> None:
         # Exporting here would run inside the engine's step (hundreds of ms inside the measured
@@ -83,9 +84,27 @@ class StepProfiler:
         self._prof = profile(activities=activities,
                              schedule=schedule(wait=w.wait, warmup=w.warmup, active=w.active, repeat=1),
                              on_trace_ready=self._on_trace_ready, with_stack=self.with_stack,
-                             record_shapes=False, profile_memory=False)
+                             record_shapes=False, profile_memory=False, **self._all_threads_config())
         self._prof.__enter__()
         return self
+
+    def _all_threads_config(self) -> dict:
+        """CPU ops are recorded per thread by default: only the thread that started the profiler. Engines
+        that launch from a worker or background thread need every thread (torch >= 2.8 can)."""
+        try:
+            from torch._C._profiler import _ExperimentalConfig
+
+            config = _ExperimentalConfig(profile_all_threads=True)
+        except (ImportError, TypeError):
+            return {}
+        self.all_threads = True
+        return {"experimental_config": config}
+
+    def describe(self) -> dict:
+        """run.json's ``profiler`` section: the schedule and what the trace can hold."""
+        return {"wait": self.window.wait, "warmup": self.window.warmup, "active": self.window.active,
+                "with_stack": self.with_stack, "all_threads": self.all_threads, "trace_written": self.trace_written,
+                "cpu_ops_recorded_for": "every thread" if self.all_threads else "the thread that started the profiler"}
 
     def step(self, step_index: int | None = None) -> None:
         """The engine's ``on_step``: advance the profiler schedule by one engine step."""

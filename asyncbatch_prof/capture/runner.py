@@ -159,6 +159,7 @@ def _finish(spec, run_dir, run_doc, result, sampler, profiler, overhead) -> RunO
     nvml = nvml_metrics(sampler, start_us, end_us, result.output_tokens)
     profiled = spec.window.profiled_steps(result.num_steps)
     run_doc.update(profiled_steps=profiled, nvml=sampler.status(), num_steps=result.num_steps,
+                   profiler=profiler.describe(),
                    generate_start_epoch_ns=result.start_epoch_ns, wall_s=round(result.wall_s, 6))
     if overhead is not None:
         profiled_tps = result.output_tokens / result.wall_s
