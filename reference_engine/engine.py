@@ -111,7 +111,9 @@ class LLMEngine:
         return GenerateResult(records, wall, sum(len(r.output_token_ids) for r in records), steps, start_epoch_ns)
 
     def warmup(self, num_steps: int = 8) -> None:
-        """Unrecorded steps (full-budget prefill chunks, then decodes) so first-use costs stay out of a profile."""
+        """Unrecorded work so that first-use costs stay out of a profile: one forward per padded step shape
+        (CUDA), then a few steps (full-budget prefill chunks, then decodes)."""
+        self.runner.warmup_shapes()
         cfg = self.cfg
         n = max(1, min(cfg.max_seqs, 32))
         prompt = max(1, min(2 * cfg.max_batch_tokens // n, self.max_model_len - num_steps - 1))

@@ -113,8 +113,13 @@ class Attention(nn.Module):
         qk = apply_rope(qk.view(-1, self.num_heads + self.num_kv_heads, self.head_dim), *cos_sin)  # q, k at once
         q, k = qk.split([self.num_heads, self.num_kv_heads], dim=1)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
+        t, padded = meta.slot_mapping.shape[0], x.shape[0]  # rows past the step's tokens pad the GEMMs' shapes
+        if t < padded:
+            q, k, v = q[:t], k[:t], v[:t]
         store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
         out = paged_attention(q, k_cache, v_cache, meta, self.scale)
+        if t < padded:
+            out = F.pad(out, (0, 0, 0, 0, 0, padded - t))
         return self.o_proj(out.reshape(-1, self.q_size))
 
 
@@ -165,7 +170,11 @@ class CausalLM(nn.Module):
         return self.layers[0].self_attn.head_dim
 
     def forward(self, input_ids, positions, meta: AttentionMetadata, kv_cache: torch.Tensor) -> torch.Tensor:
-        """``kv_cache``: ``[2, layers, num_blocks, block_size, kv_heads, head_dim]``."""
+        """``kv_cache``: ``[2, layers, num_blocks, block_size, kv_heads, head_dim]``.
+
+        ``input_ids`` may be longer than ``meta.slot_mapping``: the extra rows are padding (so that few
+        distinct GEMM shapes occur); attention skips them and their outputs are meaningless.
+        """
         x = self.embed_tokens(input_ids)
         cos_sin = self.rope(positions)
         for i, layer in enumerate(self.layers):

@@ -29,6 +29,14 @@ from reference_engine.sampler import SamplingParams, sample
 from reference_engine.scheduler import ScheduledBatch
 
 
+TOKEN_BUCKET = 64  # eager steps run on a multiple of this many token rows (few distinct GEMM shapes to warm up)
+SAMPLE_BUCKET = 16  # ... and compute logits for a multiple of this many rows
+
+
+def bucket(n: int, step: int, cap: int) -> int:
+    return min(-(-n // step) * step, cap)
+
+
 @dataclass(slots=True)
 class StepPlan:
     """Host-side facts about one prepared step (no device values)."""
@@ -43,6 +51,8 @@ class StepPlan:
     max_context_len: int
     qsl_host: list[int] | None
     ctx_host: list[int] | None
+    padded_tokens: int  # rows the model runs on (eager: bucketed; graph: the graph's batch size)
+    padded_samples: int  # rows the LM head runs on
 
 
 @dataclass(slots=True)
@@ -181,8 +191,15 @@ class ModelRunner:
         max_q = 1 if lens is None else int(lens.max())
         ctx_b = v["ctx"][:b]
         eager = graph_bs == 0
+        if eager:
+            tp, sp = bucket(t, TOKEN_BUCKET, self.max_t), bucket(s, SAMPLE_BUCKET, self.max_s)
+            ids[t:tp] = 0
+            v["pos"][t:tp] = 0
+            v["sample"][s:sp] = 0
+        else:
+            tp = sp = graph_bs
         return StepPlan(k, t, b, s, graph_bs, has_gather, max_q, int(ctx_b.max()),
-                        qsl[:b + 1].tolist() if eager else None, ctx_b.tolist() if eager else None)
+                        qsl[:b + 1].tolist() if eager else None, ctx_b.tolist() if eager else None, tp, sp)
 
     def _graph_size(self, b: int) -> int:
         for size in self.graph_sizes:
@@ -276,8 +293,34 @@ class ModelRunner:
                 return logits[:b]
             meta = AttentionMetadata(d["slot"][:t], d["qsl"][:b + 1], d["ctx"][:b], d["bt"][:b],
                                      plan.max_query_len, plan.max_context_len, plan.qsl_host, plan.ctx_host)
-            hidden = self.model(d["ids"][:t], d["pos"][:t], meta, self.kv_cache)
-            return self.model.compute_logits(hidden[d["sample"][:plan.num_samples]])
+            tp = plan.padded_tokens
+            hidden = self.model(d["ids"][:tp], d["pos"][:tp], meta, self.kv_cache)
+            return self.model.compute_logits(hidden[d["sample"][:plan.padded_samples]])[:plan.num_samples]
+
+    @torch.inference_mode()
+    def warmup_shapes(self) -> None:
+        """CUDA: one eager forward per padded token count and LM-head row count, so that no step of a
+        measured run is the first to use a GEMM shape (cuBLAS's first use of a shape costs host time)."""
+        if not self.is_cuda:
+            return
+        d = self.dev
+        tokens = sorted({bucket(n, TOKEN_BUCKET, self.max_t) for n in range(1, self.max_t + 1)})
+        samples = sorted({bucket(n, SAMPLE_BUCKET, self.max_s) for n in range(1, self.max_s + 1)})
+        with torch.cuda.stream(self.compute_stream):
+            d["ids"].zero_()
+            d["pos"].zero_()
+            d["slot"].fill_(-1)  # nothing is written to the cache
+            d["sample"].zero_()
+            d["bt"][0].zero_()
+            for i in range(max(len(tokens), len(samples))):
+                tp, sp = tokens[i % len(tokens)], min(samples[i % len(samples)], tokens[i % len(tokens)])
+                d["qsl"][:2].copy_(torch.tensor([0, tp], dtype=torch.int32), non_blocking=False)
+                d["ctx"][:1].fill_(tp)
+                meta = AttentionMetadata(d["slot"][:tp], d["qsl"][:2], d["ctx"][:1], d["bt"][:1], tp, tp,
+                                         [0, tp], [tp])
+                hidden = self.model(d["ids"][:tp], d["pos"][:tp], meta, self.kv_cache)
+                self.model.compute_logits(hidden[d["sample"][:sp]])
+        torch.cuda.synchronize(self.device)
 
     # ---- CUDA graphs -------------------------------------------------------------------------
     @torch.inference_mode()
