@@ -298,15 +298,16 @@ class ModelRunner:
             return self.model.compute_logits(hidden[d["sample"][:plan.padded_samples]])[:plan.num_samples]
 
     @torch.inference_mode()
-    def warmup_shapes(self) -> None:
+    def warmup_shapes(self, on_cpu: bool = False) -> None:
         """CUDA: one eager forward per padded token count and LM-head row count, so that no step of a
-        measured run is the first to use a GEMM shape (cuBLAS's first use of a shape costs host time)."""
-        if not self.is_cuda:
+        measured run is the first to use a GEMM shape (cuBLAS's first use of a shape costs host time).
+        Nothing is written to the KV cache. On the CPU only when asked (tests)."""
+        if not (self.is_cuda or on_cpu):
             return
         d = self.dev
         tokens = sorted({bucket(n, TOKEN_BUCKET, self.max_t) for n in range(1, self.max_t + 1)})
         samples = sorted({bucket(n, SAMPLE_BUCKET, self.max_s) for n in range(1, self.max_s + 1)})
-        with torch.cuda.stream(self.compute_stream):
+        with torch.cuda.stream(self.compute_stream) if self.is_cuda else contextlib.nullcontext():
             d["ids"].zero_()
             d["pos"].zero_()
             d["slot"].fill_(-1)  # nothing is written to the cache
@@ -320,7 +321,8 @@ class ModelRunner:
                                          [0, tp], [tp])
                 hidden = self.model(d["ids"][:tp], d["pos"][:tp], meta, self.kv_cache)
                 self.model.compute_logits(hidden[d["sample"][:sp]])
-        torch.cuda.synchronize(self.device)
+        if self.is_cuda:
+            torch.cuda.synchronize(self.device)
 
     # ---- CUDA graphs -------------------------------------------------------------------------
     @torch.inference_mode()

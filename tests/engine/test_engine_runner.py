@@ -66,3 +66,16 @@ def test_prepare_matches_naive(seed):
             done = inflight.pop(0)
             sched.update(done, [rng.randrange(1, 50) for _ in done.sample_rows], 0.0)
     assert sum(s.record.preemptions for s in seqs) > 0 or seed != 0
+
+
+def test_warmup_shapes_writes_nothing_and_generation_is_unchanged():
+    from reference_engine import EngineConfig, LLMEngine, WorkloadConfig, make_workload
+
+    engine = LLMEngine(EngineConfig(device="cpu", max_batch_tokens=200, max_seqs=40, num_blocks=64))
+    reqs = make_workload(WorkloadConfig(num_requests=6, prompt_len="uniform:4:90", output_len="fixed:4"), 512)
+    before = engine.generate(reqs)
+    cache = engine.kv_cache.clone()
+    engine.runner.warmup_shapes(on_cpu=True)
+    assert torch.equal(cache, engine.kv_cache)
+    after = engine.generate(reqs)
+    assert [r.output_token_ids for r in before.records] == [r.output_token_ids for r in after.records]
