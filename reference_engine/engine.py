@@ -62,6 +62,13 @@ class LLMEngine:
                                   max_model_len=self.max_model_len, device=device, cuda_graphs=graphs,
                                   worker_thread=cfg.mode == "async")
         self.cuda_graphs = bool(self.runner.graphs)
+        self.notes: list[str] = []  # facts a report should mention
+        if device.type == "cpu":
+            self.notes.append("running on the CPU" + (": the async loop's device work runs on a worker thread"
+                                                      if cfg.mode == "async" else ""))
+        if graphs and not self.cuda_graphs:
+            self.notes.append("CUDA graphs off: Triton is not available, and the reference attention "
+                              "cannot be captured")
 
     def _num_blocks(self) -> int:
         cfg, mc = self.cfg, self.model_config
