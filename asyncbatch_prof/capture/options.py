@@ -107,6 +107,11 @@ def plan_runs(opts: RunOptions, command: list[str] | None = None) -> RunPlan:
     notes = [] if cuda else [f"no CUDA device: running the {opts.model or 'tiny'} model on the CPU"
                              + ("" if opts.requests or opts.workload_jsonl else " with a small workload")
                              + "; GPU metrics will be absent"]
+    if opts.engine == "transformers":
+        if opts.mode != "sync" and not cuda:
+            raise AbprofError("transformers' async batching needs a CUDA device; use --mode sync on the CPU")
+        if opts.arrival_rate is not None:
+            raise AbprofError("--arrival-rate is not supported with --engine transformers (offline workloads only)")
     if opts.cuda_graphs and not cuda:
         raise AbprofError("--cuda-graphs needs a CUDA device")
     if opts.requests is not None and opts.requests < 1:

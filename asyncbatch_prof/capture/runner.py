@@ -143,6 +143,8 @@ def _run(spec: RunSpec, run_dir: Path, run_doc: dict, on_step: StepCallback | No
                 sampler.mark("generate_start")
                 result = engine.generate(requests, on_step=step)
                 sampler.mark("generate_end")
+            if hasattr(engine, "thread_note"):  # the engine runs its loop on a thread of its own
+                run_doc["notes"].append(engine.thread_note(profiler.all_threads))
         finally:
             sampler.stop()
     finally:
