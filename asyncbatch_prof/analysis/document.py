@@ -1,0 +1,139 @@
+"""The metrics.json document of an analysis and its gap/phase tables (see contract.py for the format)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from asyncbatch_prof import __version__
+from asyncbatch_prof.analysis import contract
+from asyncbatch_prof.analysis.loader import TraceEvents
+from asyncbatch_prof.analysis.windows import WindowResult
+
+_PERCENTILES = (50, 90, 99)
+GAP_COLUMNS = ["device", "window", "start_us", "end_us", "duration_us", "gap_class", "cpu_phase", "prev_op",
+               "next_op", "in_step_window"]
+
+
+def gaps_frame(ev: TraceEvents, devices: dict, windows: dict) -> pd.DataFrame:
+    """Kernel-window idle gaps of every device (trace µs), flagged when they lie inside the step window.
+
+    The step window's first gap may start before the first GPU op (at the first step's start); it is
+    listed with window='step' since the kernel window does not contain it.
+    """
+    names = np.array(ev.names + ["(window start)"], dtype=object)
+    parts = []
+    for dev, per_window in windows.items():
+        ops = devices[dev]
+        step = per_window.get("step")
+        for wname in ("kernel", "step"):
+            res = per_window.get(wname)
+            if not isinstance(res, WindowResult) or res.gaps is None:
+                continue
+            g = res.gaps
+            in_step = np.zeros(g.start_us.size, dtype=bool)
+            if isinstance(step, WindowResult):
+                in_step = (g.start_us >= step.lo) & (g.end_us <= step.hi)
+            keep = np.ones(g.start_us.size, dtype=bool) if wname == "kernel" else g.start_us < ops.start_us.min()
+            op_name = lambda idx: names[np.where(idx >= 0, ev.name[ops.row[np.maximum(idx, 0)]], len(ev.names))]
+            parts.append(pd.DataFrame({
+                "device": dev, "window": wname, "start_us": g.start_us + ev.origin_us,
+                "end_us": g.end_us + ev.origin_us, "duration_us": g.duration_us, "gap_class": g.gap_class,
+                "cpu_phase": res.gap_phase, "prev_op": op_name(g.prev_op), "next_op": op_name(g.next_op),
+                "in_step_window": in_step,
+            })[keep])
+    if not parts:
+        return pd.DataFrame(columns=GAP_COLUMNS)
+    return pd.concat(parts, ignore_index=True).sort_values(["device", "start_us"], kind="stable", ignore_index=True)
+
+
+def phases_frame(res: WindowResult | None) -> pd.DataFrame:
+    """Host-bound idle per CPU phase for one window: µs and percent of the window, largest first."""
+    if not isinstance(res, WindowResult) or not res.phases:
+        return pd.DataFrame(columns=["phase", "host_bound_us", "host_bound_pct"])
+    window = res.hi - res.lo
+    rows = sorted(res.phases.items(), key=lambda kv: (-kv[1], kv[0]))
+    return pd.DataFrame({"phase": [k for k, _ in rows], "host_bound_us": [v for _, v in rows],
+                         "host_bound_pct": [100.0 * v / window for _, v in rows]})
+
+
+def _percentiles(values, prefix: str) -> dict[str, float]:
+    values = np.asarray(values, dtype=np.float64)
+    if values.size == 0:
+        return {}
+    out = {f"{prefix}_p{p}": float(np.percentile(values, p)) for p in _PERCENTILES}
+    out[f"{prefix}_mean"] = float(values.mean())
+    return out
+
+
+def _window_doc(res: WindowResult | str, origin: float) -> dict[str, Any]:
+    if isinstance(res, str):
+        return {"absent": res}
+    return {"start_us": res.lo + origin, "end_us": res.hi + origin, "metrics": res.metrics, "absent": res.absent,
+            **res.details, "host_bound_phases_us": dict(sorted(res.phases.items(), key=lambda kv: -kv[1]))}
+
+
+def _contract_metrics(ta, doc: dict[str, Any]) -> None:
+    """Fill doc['metrics'] / doc['absent'] with the windowed contract metrics of the headline device."""
+    metrics, absent = doc["metrics"], doc["absent"]
+    per_window = ta.windows.get(ta.device, {})
+    for name, metric in contract.METRICS.items():
+        if not metric.windowed:
+            continue
+        if ta.device is None:
+            absent[name] = "no GPU activity in trace"
+            continue
+        values, reasons = {}, {}
+        for wname in contract.WINDOWS:
+            res = per_window.get(wname)
+            if isinstance(res, str):
+                reasons[wname] = res
+            elif name in res.metrics:
+                values[wname] = res.metrics[name]
+            else:
+                reasons[wname] = res.absent.get(name, "not computed")
+        if values:
+            metrics[name] = values
+            for wname, why in reasons.items():
+                absent[f"{name}.{wname}"] = why
+        else:
+            absent[name] = "; ".join(f"{w}: {why}" for w, why in reasons.items())
+
+
+def build_doc(ta, ev: TraceEvents) -> dict[str, Any]:
+    """The metrics.json document (schema_version, tool, trace, metrics, absent, devices, steps, launches)."""
+    engine = ta.engine
+    engine_doc = None
+    if engine is not None:
+        engine_doc = {"pid": engine.pid, "tid": engine.tid, "chosen_by": engine.source,
+                      "runtime_calls_only": engine.runtime_only}
+        if engine.runtime_only:
+            engine_doc["note"] = ("only CUDA runtime/driver calls were recorded for this thread, so its host work "
+                                  "is a lower bound")
+    doc: dict[str, Any] = {
+        "schema_version": contract.SCHEMA_VERSION,
+        "tool": {"name": "abprof", "version": __version__},
+        "trace": {
+            "path": str(ta.path), "base_time_ns": ev.base_time_ns, "origin_us": ev.origin_us,
+            "time_base": "absolute epoch µs" if ev.base_time_ns == 0 else "relative to baseTimeNanoseconds"
+            if ev.base_time_ns else "unknown",
+            "events": ev.counts, "devices": sorted(ta.devices), "engine_thread": engine_doc,
+            "profiled_steps": None if ta.step_ranges is None else int(ta.step_ranges.index.size),
+        },
+        "device": ta.device, "default_window": ta.window,
+        "launch_latency_threshold_us": ta.launch_latency_threshold_us,
+        "metrics": {}, "absent": {},
+        "devices": {str(d): {w: _window_doc(r, ev.origin_us) for w, r in per.items()} for d, per in ta.windows.items()},
+    }
+    _contract_metrics(ta, doc)
+    steps = ta.steps
+    doc["steps"] = {"count": int(len(steps))}
+    for col in ("wall_us", "cpu_us", "gpu_busy_us", "idle_us", "host_work_us", "kernels", "launches"):
+        doc["steps"].update(_percentiles(steps[col].to_numpy(dtype=float), col) if len(steps) else {})
+    launches = ta.launches[ta.launches["device"] == ta.device] if ta.device is not None else ta.launches.iloc[:0]
+    doc["launches"] = {"count": int(len(launches)), **_percentiles(launches["launch_delay_us"], "launch_delay_us"),
+                       **_percentiles(launches["queue_depth"], "queue_depth")}
+    doc["phases"] = ta.phases.to_dict(orient="records")
+    return doc

@@ -1,0 +1,131 @@
+"""``analyze(path)``: a torch.profiler trace in, the metric contract out, as a :class:`TraceAnalysis`.
+
+Times in the DataFrames are trace µs (``epoch_us = base_time_ns / 1e3 + ts_us``); shares are percent
+of the window. The headline attributes are for the busiest device and the default window (step when
+the trace carries abprof's annotations, else kernel).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from asyncbatch_prof.analysis import contract
+from asyncbatch_prof.analysis.errors import TraceError
+from asyncbatch_prof.analysis.gpu import DeviceOps, device_ops, join_launches
+from asyncbatch_prof.analysis.host import engine_thread
+from asyncbatch_prof.analysis.loader import CAT_NAMES, TraceEvents, load_trace
+from asyncbatch_prof.analysis.document import build_doc, gaps_frame, phases_frame
+from asyncbatch_prof.analysis.steps import launches_frame, step_ranges, step_window, steps_frame
+from asyncbatch_prof.analysis.windows import PhaseCache, WindowResult, window_metrics
+
+NO_GPU = "no GPU activity in trace"
+HEADLINE = ("gpu_idle_pct", "gpu_busy_us", "window_us", "host_bound_pct", "launch_latency_pct", "dependency_pct",
+            "overlap_pct", "sync_wait_pct", "stream_concurrency_pct")
+
+
+class TraceAnalysis:
+    """The analysis of one trace: ``doc`` (metrics.json), DataFrames and headline attributes.
+
+    Headline attributes (``gpu_idle_pct``, ``overlap_pct``, ...) are floats in the units of their
+    names for ``device`` and the default window, or None when absent (``absent`` says why).
+    """
+
+    def __init__(self, path: Path, ev: TraceEvents, threshold_us: float):
+        self.path = Path(path)
+        self.launch_latency_threshold_us = float(threshold_us)
+        self.base_time_ns = ev.base_time_ns
+        self.origin_us = ev.origin_us
+        launches = join_launches(ev)
+        self.devices: dict[int, DeviceOps] = device_ops(ev, launches)
+        self.engine = engine_thread(ev, launches.pid, launches.tid)
+        self.step_ranges = step_ranges(ev, self.engine)
+        phases = PhaseCache(ev)
+        self.windows: dict[int, dict[str, WindowResult | str]] = {}
+        for dev, ops in self.devices.items():
+            self.windows[dev] = _device_windows(ops, launches, self.engine, self.step_ranges, phases, threshold_us)
+        self.device = max(self.devices, key=lambda d: (self.windows[d]["kernel"].metrics["gpu_busy_us"], -d),
+                          default=None)
+        self.window = self._default_window()
+        self.gpu_ops = _gpu_ops_frame(ev, self.devices)
+        self.launches = launches_frame(ev, launches, self.devices)
+        self.gaps = gaps_frame(ev, self.devices, self.windows)
+        self.steps = self._steps_frame(ev, launches)
+        self.phases = phases_frame(self.windows.get(self.device, {}).get(self.window))
+        self.cpu_phases = _cpu_phases_frame(ev, self.engine, phases)
+        self.doc = build_doc(self, ev)
+        self.absent: dict[str, str] = self.doc["absent"]
+        for name in HEADLINE:
+            value, _ = contract.lookup(self.doc, name)
+            setattr(self, name, value)
+
+    def _default_window(self) -> str | None:
+        if self.device is None:
+            return None
+        return "step" if isinstance(self.windows[self.device].get("step"), WindowResult) else "kernel"
+
+    def _steps_frame(self, ev: TraceEvents, launches) -> pd.DataFrame:
+        step = self.windows.get(self.device, {}).get("step")
+        if not isinstance(step, WindowResult) or self.step_ranges is None:
+            return pd.DataFrame(columns=["step", "start_us", "end_us", "wall_us", "cpu_us", "gpu_busy_us", "idle_us",
+                                         "host_work_us", "sync_wait_us", "kernels", "launches", "h2d_bytes",
+                                         "d2h_bytes"])
+        frame = steps_frame(ev, self.step_ranges, (step.lo, step.hi), self.devices[self.device], launches, self.engine)
+        assert abs(frame["wall_us"].sum() - (step.hi - step.lo)) <= 1e-6 * (step.hi - step.lo) + 1e-9
+        return frame
+
+    @property
+    def has_gpu(self) -> bool:
+        """Whether the trace holds any GPU op (kernel, memcpy, memset)."""
+        return self.device is not None
+
+    def write_metrics(self, path: str | Path) -> Path:
+        """Write ``doc`` as metrics.json atomically; return the path."""
+        from asyncbatch_prof.runfolder import atomic_write_json
+
+        path = Path(path)
+        atomic_write_json(path, self.doc)
+        return path
+
+
+def _device_windows(ops, launches, engine, steps, phases, threshold_us) -> dict[str, WindowResult | str]:
+    out: dict[str, WindowResult | str] = {}
+    if steps is None:
+        out["step"] = "no abprof.step annotations in trace"
+    else:
+        span = step_window(steps, ops, launches)
+        out["step"] = span if isinstance(span, str) else window_metrics(
+            "step", span[0], span[1], ops, launches, engine, phases, threshold_us)
+    out["kernel"] = window_metrics("kernel", float(ops.start_us.min()), float(ops.end_us.max()), ops, launches,
+                                   engine, phases, threshold_us)
+    return out
+
+
+def _gpu_ops_frame(ev: TraceEvents, devices: dict[int, DeviceOps]) -> pd.DataFrame:
+    parts = [pd.DataFrame({
+        "device": dev, "stream": ops.stream, "start_us": ops.start_us + ev.origin_us, "end_us": ops.end_us + ev.origin_us,
+        "dur_us": ops.end_us - ops.start_us, "name": np.array(ev.names, dtype=object)[ev.name[ops.row]],
+        "cat": np.array(CAT_NAMES, dtype=object)[ev.cat[ops.row]], "correlation": ev.correlation[ops.row],
+    }) for dev, ops in devices.items()]
+    if not parts:
+        return pd.DataFrame(columns=["device", "stream", "start_us", "end_us", "dur_us", "name", "cat", "correlation"])
+    return pd.concat(parts, ignore_index=True)
+
+
+def _cpu_phases_frame(ev: TraceEvents, engine, phases: PhaseCache) -> pd.DataFrame:
+    if engine is None:
+        return pd.DataFrame(columns=["tid", "phase", "start_us", "end_us"])
+    s, e, names = phases.get(engine.pid, engine.tid)
+    return pd.DataFrame({"tid": engine.tid, "phase": names, "start_us": s + ev.origin_us, "end_us": e + ev.origin_us})
+
+
+def analyze(path: str | Path, launch_latency_threshold_us: float = 30.0) -> TraceAnalysis:
+    """Analyze a ``.json``/``.json.gz`` torch.profiler trace; the threshold separates launch latency from
+    dependency gaps (µs). Raises TraceError (exit 2 in the CLI) for unreadable input."""
+    if not launch_latency_threshold_us >= 0:
+        raise TraceError(f"--threshold-us must be a non-negative number of µs, not {launch_latency_threshold_us}")
+    ev = load_trace(path)
+    return TraceAnalysis(Path(path), ev, launch_latency_threshold_us)
