@@ -64,7 +64,8 @@ def gap_histogram_figure(gaps: pd.DataFrame, device: Any, threshold_us: float | 
         counts, _ = np.histogram(np.log10(np.maximum(own[own > 0], 1e-3)), bins=edges)
         fig.add_bar(x=centers, y=counts, name=GAP_LABELS[gap_class], marker_color=color,
                     customdata=10 ** centers, hovertemplate="~%{customdata:.3g} µs: %{y} gaps<extra></extra>")
-    fig.update_layout(base_layout("Idle gaps by length", height=320), barmode="stack", bargap=0)
+    fig.update_layout(base_layout("Idle gaps by length (kernel window, headline device)", height=320),
+                      barmode="stack", bargap=0)
     fig.update_layout(margin={"l": 60})
     decades = np.arange(np.floor(edges[0]), np.ceil(edges[-1]) + 1)
     fig.update_xaxes(title_text="gap length (µs, log scale)", tickvals=decades,

@@ -32,7 +32,7 @@ def _device_ops(analysis: Any):
 
 
 def _threshold_us(doc: dict) -> float | None:
-    value = (doc.get("trace") or {}).get("launch_latency_threshold_us")
+    value = doc.get("launch_latency_threshold_us", (doc.get("trace") or {}).get("launch_latency_threshold_us"))
     return float(value) if value is not None else None
 
 

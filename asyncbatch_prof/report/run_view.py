@@ -43,9 +43,9 @@ def _analyze(trace: Path, doc: dict[str, Any]) -> Any:
     """Re-analyze the trace with the launch-latency threshold recorded in metrics.json (default 30 µs)."""
     from asyncbatch_prof.analysis import analyze  # report → analysis; imported late: heavy
 
-    threshold = (doc.get("trace") or {}).get("launch_latency_threshold_us")
+    threshold = doc.get("launch_latency_threshold_us")
     if threshold is None:
-        threshold = (doc.get("config") or {}).get("launch_latency_threshold_us", 30.0)
+        threshold = (doc.get("trace") or {}).get("launch_latency_threshold_us", 30.0)
     return analyze(trace, launch_latency_threshold_us=float(threshold))
 
 

@@ -116,7 +116,7 @@ def write_run(run_dir: Path, *, num_steps: int = 12, kernels_per_step: int = 20,
     with gzip.open(run_dir / "trace.json.gz", "wt", compresslevel=1) as handle:
         json.dump(trace_doc(frames), handle)
     doc = {"schema_version": 1, "tool": {"name": "abprof", "version": "test"},
-           "trace": {"launch_latency_threshold_us": 30.0},
+           "launch_latency_threshold_us": 30.0,
            "metrics": dict(METRICS if metrics is None else metrics),
            "absent": dict({"joules_per_token": "NVML total energy counter not supported on this GPU"}
                           if absent is None else absent)}
