@@ -6,8 +6,6 @@ it the ``tiny`` preset on the CPU with a small workload (and the plan says so).
 
 from __future__ import annotations
 
-import shlex
-import sys
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -43,6 +41,7 @@ class RunOptions:
     profile_steps: str | None = None
     warmup_steps: int = 2
     engine_warmup_steps: int = 8
+    warmup_runs: int = 1
     with_stack: bool = False
     measure_overhead: bool = False
     nvml: bool = True
@@ -116,6 +115,8 @@ def plan_runs(opts: RunOptions, command: list[str] | None = None) -> RunPlan:
         raise AbprofError("--cuda-graphs needs a CUDA device")
     if opts.requests is not None and opts.requests < 1:
         raise AbprofError(f"--requests must be >= 1, got {opts.requests}")
+    if opts.warmup_runs < 0:
+        raise AbprofError(f"--warmup-runs must be >= 0, got {opts.warmup_runs}")
     if opts.engine_warmup_steps < 0:
         raise AbprofError(f"--engine-warmup-steps must be >= 0, got {opts.engine_warmup_steps}")
     if opts.workload_jsonl is not None and not Path(opts.workload_jsonl).is_file():
@@ -130,8 +131,8 @@ def plan_runs(opts: RunOptions, command: list[str] | None = None) -> RunPlan:
     engine = dict(model=opts.model or defaults["model"], max_batch_tokens=opts.max_batch_tokens,
                   max_seqs=opts.max_seqs, block_size=opts.block_size, cuda_graphs=opts.cuda_graphs, seed=opts.seed)
     base = RunSpec(mode="sync", engine=opts.engine, engine_config=engine, workload=workload, window=window,
-                   engine_warmup_steps=opts.engine_warmup_steps, with_stack=opts.with_stack,
-                   measure_overhead=opts.measure_overhead, nvml=opts.nvml, notes=list(notes))
+                   engine_warmup_steps=opts.engine_warmup_steps, warmup_runs=opts.warmup_runs,
+                   with_stack=opts.with_stack, measure_overhead=opts.measure_overhead, nvml=opts.nvml, notes=list(notes))
     engine_config(base)  # validates the engine options
     out = Path(opts.out) if opts.out is not None else Path("reports") / f"{timestamp()}-{opts.mode}"
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -158,14 +159,10 @@ def reproduce_command(opts: RunOptions, mode: str, out: Path) -> list[str]:
             cmd += [flag, str(value)]
     cmd += ["--seed", str(opts.seed), "--max-batch-tokens", str(opts.max_batch_tokens), "--max-seqs",
             str(opts.max_seqs), "--block-size", str(opts.block_size), "--warmup-steps", str(opts.warmup_steps),
-            "--engine-warmup-steps", str(opts.engine_warmup_steps)]
+            "--engine-warmup-steps", str(opts.engine_warmup_steps), "--warmup-runs", str(opts.warmup_runs)]
     if opts.cuda_graphs is not None:
         cmd.append("--cuda-graphs" if opts.cuda_graphs else "--no-cuda-graphs")
     cmd += [f for f, on in (("--with-stack", opts.with_stack), ("--measure-overhead", opts.measure_overhead),
                             ("--no-nvml", not opts.nvml)) if on]
     return cmd + ["--out", str(out)]
 
-
-def command_line(argv: list[str]) -> str:
-    """A shell-quoted command line."""
-    return " ".join(shlex.quote(a) for a in argv) if argv else " ".join(sys.argv)

@@ -93,10 +93,15 @@ class StepProfiler:
         that launch from a worker or background thread need every thread (torch >= 2.8 can)."""
         try:
             from torch._C._profiler import _ExperimentalConfig
-
-            config = _ExperimentalConfig(profile_all_threads=True)
-        except (ImportError, TypeError):
+        except ImportError:
             return {}
+        try:  # trace_only: no Python event objects built when the window closes (inside an engine step)
+            config = _ExperimentalConfig(profile_all_threads=True, trace_only=True)
+        except TypeError:
+            try:
+                config = _ExperimentalConfig(profile_all_threads=True)
+            except TypeError:
+                return {}
         self.all_threads = True
         return {"experimental_config": config}
 

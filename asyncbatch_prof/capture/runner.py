@@ -37,6 +37,7 @@ class RunSpec:
     workload: dict[str, Any] = field(default_factory=dict)
     window: ProfileWindow = field(default_factory=ProfileWindow)
     engine_warmup_steps: int = 8
+    warmup_runs: int = 1  # unprofiled passes over the whole workload before measuring (JIT, graphs, allocator)
     with_stack: bool = False
     measure_overhead: bool = False
     nvml: bool = True
@@ -119,6 +120,9 @@ def _run(spec: RunSpec, run_dir: Path, run_doc: dict, on_step: StepCallback | No
         run_doc["notes"] += list(getattr(engine, "notes", []))
         phase("warming up")
         engine.warmup(num_steps=spec.engine_warmup_steps)
+        for i in range(spec.warmup_runs):
+            phase(f"warm-up pass {i + 1}/{spec.warmup_runs} over the workload (unrecorded)")
+            engine.generate(requests, on_step=on_step)
         overhead = None
         if spec.measure_overhead:
             phase("unprofiled run (profiler overhead)")
@@ -143,6 +147,7 @@ def _run(spec: RunSpec, run_dir: Path, run_doc: dict, on_step: StepCallback | No
                 sampler.mark("generate_start")
                 result = engine.generate(requests, on_step=step)
                 sampler.mark("generate_end")
+            run_doc["model"] = engine.describe()  # engines that size themselves on the workload know more now
             if hasattr(engine, "thread_note"):  # the engine runs its loop on a thread of its own
                 run_doc["notes"].append(engine.thread_note(profiler.all_threads))
         finally:

@@ -121,7 +121,7 @@ class TransformersCBEngine:
                               max_generated_length=longest, num_requests=len(requests))
         self.manager = self.model.init_continuous_batching(generation_config=gen, continuous_batching_config=cb,
                                                            workload_hints=hints)
-        if not getattr(self.manager, "warmed_up", True):
+        if not getattr(self.manager, "warmed_up", False):  # 5.17 has no warmed_up flag: warm up once here
             self.manager.warmup()
         self.manager.start()
 

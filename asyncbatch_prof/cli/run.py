@@ -15,6 +15,12 @@ _E = "Engine"
 _P = "Profiling"
 
 
+def _typed_command() -> list[str]:
+    """The command line as typed, when abprof was started from a shell (not when a test invokes it)."""
+    prog = Path(sys.argv[0]).name if sys.argv else ""
+    return list(sys.argv) if prog in ("abprof", "__main__.py") else []
+
+
 def run(
     *,
     mode: Annotated[str, typer.Option(help="sync, async, or both (two runs of one workload, and a comparison).",
@@ -57,6 +63,9 @@ def run(
         help="Profiler warm-up steps before the window (profiler on, discarded; >= 1).", rich_help_panel=_P)] = 2,
     engine_warmup_steps: Annotated[int, typer.Option(
         help="Unrecorded engine warm-up steps before the workload.", rich_help_panel=_P)] = 8,
+    warmup_runs: Annotated[int, typer.Option(
+        help="Unprofiled passes over the whole workload before measuring (compiles kernels for its shapes).",
+        rich_help_panel=_P)] = 1,
     with_stack: Annotated[bool, typer.Option("--with-stack", help="Record Python stacks (costs time).",
                                              rich_help_panel=_P)] = False,
     measure_overhead: Annotated[bool, typer.Option(
@@ -84,8 +93,9 @@ def run(
                           workload_jsonl=workload_jsonl, max_batch_tokens=max_batch_tokens, max_seqs=max_seqs,
                           block_size=block_size, cuda_graphs=cuda_graphs, profile_steps=profile_steps,
                           warmup_steps=warmup_steps, engine_warmup_steps=engine_warmup_steps,
-                          with_stack=with_stack, measure_overhead=measure_overhead, nvml=nvml, out=out)
-        plan = plan_runs(opts, command=["abprof", "run", *sys.argv[1:]] if sys.argv else ["abprof", "run"])
+                          warmup_runs=warmup_runs, with_stack=with_stack, measure_overhead=measure_overhead,
+                          nvml=nvml, out=out)
+        plan = plan_runs(opts, command=_typed_command())
     from asyncbatch_prof.capture.session import execute
 
     code = execute(plan)

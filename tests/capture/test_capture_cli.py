@@ -12,7 +12,7 @@ import pytest
 from asyncbatch_prof import runfolder as rf
 
 SMALL = ("--requests", "4", "--prompt-len", "uniform:8:24", "--output-len", "fixed:6", "--engine-warmup-steps", "1",
-         "--max-batch-tokens", "64")
+         "--max-batch-tokens", "64", "--warmup-runs", "0")
 
 
 def _html_ok(path) -> None:
@@ -63,9 +63,14 @@ def test_capture_cli_both_writes_two_runs_and_comparison(both_run):
     # same greedy workload and weights: both loops produce the same tokens
     assert (out / "sync" / rf.REQUESTS_CSV).read_text().count("\n") == 5
     assert docs[0]["serving"]["output_tokens"] == docs[1]["serving"]["output_tokens"]
-    for doc in docs:  # CPU run: the trace has no GPU activity, so GPU metrics say why they are absent
+    for doc, run in zip(docs, runs):  # CPU run: no GPU activity, so GPU metrics say why they are absent
         assert "gpu_idle_pct" in doc["absent"] and "gpu_idle_pct" not in doc["metrics"]
         assert doc["absent"]["nvml_util_pct"] == "NVML sampling turned off"
+        # the analyzer read the trace: the engine thread by its annotations, and every profiled step but the
+        # first (which the metric contract leaves out)
+        assert doc["trace"]["engine_thread"]["chosen_by"] == "annotations"
+        first, last = run["profiled_steps"]
+        assert doc["trace"]["profiled_steps"] == last - first and run["report"]["fallback_reason"] is None
 
 
 def test_capture_cli_profiles_the_window(tmp_path, cli, no_nvml):
@@ -141,6 +146,7 @@ def test_capture_cli_failure_leaves_incomplete(tmp_path, cli, no_nvml, monkeypat
     (("--profile-steps", "5:2"), "--profile-steps must be"),
     (("--profile-steps", "0:3"), "profiler warm-up steps must come before it"),
     (("--warmup-steps", "0"), "--warmup-steps must be >= 1"),
+    (("--warmup-runs", "-1"), "--warmup-runs must be >= 0"),
     (("--cuda-graphs",), "--cuda-graphs needs a CUDA device"),
     (("--model", "no/such/folder"), "neither a preset"),
     (("--max-seqs", "0"), "max_seqs must be a positive integer"),
