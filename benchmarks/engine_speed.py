@@ -28,11 +28,14 @@ DATASHEET_TB_S = 3.35  # H100 SXM HBM3
 PRESETS = {
     "full": dict(model="llama-1b", decode=[(256, 704), (64, 704), (16, 704)], replays=200, copy_mib=1024,
                  requests=256, prompt="uniform:128:1024", output="fixed:256", max_seqs=256, max_batch_tokens=2048,
-                 host_seqs=(16, 64, 256), host_prompt="fixed:640", host_output="fixed:128"),
+                 host_seqs=(16, 64, 256), host_prompt="fixed:576", host_output="fixed:192"),
     "dry": dict(model="tiny", decode=[(8, 48), (4, 48)], replays=5, copy_mib=16,
                 requests=8, prompt="uniform:8:32", output="fixed:8", max_seqs=8, max_batch_tokens=64,
-                host_seqs=(2, 4, 8), host_prompt="fixed:24", host_output="fixed:8"),
+                host_seqs=(2, 4, 8), host_prompt="fixed:24", host_output="fixed:16"),
 }
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # runs from a checkout whether or not the package is installed
+    sys.path.insert(0, str(REPO))
 RUNS = [("reference", "sync"), ("reference", "async"), ("transformers", "sync"), ("transformers", "async")]
 TIMEOUT_S = {"decode": 150, "reference": 150, "transformers": 160}
 
@@ -386,6 +389,9 @@ def assemble(runs: dict, out: Path, env: dict, command: str) -> dict:
                 a == b for a, b in zip(ref_s, tf_tokens))
     wl["requests"] = len(ref_s) if ref_s is not None else None
     doc["workload"], doc["host_gpu"], doc["absent"] = wl, host, absent
+    cfg = PRESETS["dry" if env["dry_run"] else "full"]
+    doc["host_gpu_workload"] = {"requests": list(cfg["host_seqs"]), "prompt_len": cfg["host_prompt"],
+                                "output_len": cfg["host_output"], "seed": 1}
     return doc
 
 
@@ -435,7 +441,9 @@ def markdown(doc: dict) -> str:
     lines += ["", "## Host and GPU time per decode step (ms, medians over the decode-only steps)", "",
               "Host = schedule + prepare + update (perf_counter around the engine's methods, installed from outside); "
               "enqueue = launch minus prepare (copies, graph launch, sampling launched); GPU = CUDA events from the "
-              "start of the step's forward to the end of its sampling on the compute stream; wall = between steps.", "",
+              "start of the step's forward to the end of its sampling on the compute stream; wall = between steps. "
+              f"Workload per row: N requests, prompt {doc['host_gpu_workload']['prompt_len']}, output "
+              f"{doc['host_gpu_workload']['output_len']}, greedy; steps with exactly N sequences, all decoding.", "",
               "| mode | running seqs | steps | host | schedule | prepare | update | enqueue | GPU | wall |",
               "|---|---|---|---|---|---|---|---|---|---|"]
     for h in doc["host_gpu"]:
@@ -477,7 +485,6 @@ def main(argv=None) -> None:
     p.add_argument("--part", choices=["decode"] + [f"{e}-{m}" for e, m in RUNS], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.part:
-        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
         run_part(args)
     else:
         orchestrate(args)
