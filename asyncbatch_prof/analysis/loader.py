@@ -82,7 +82,7 @@ class _Columns:
         self.nbytes: list[Any] = []
         self.name_codes: dict[str, int] = {}
         self.counts = {"events": 0, "kept": 0, "flows": 0, "metadata": 0, "unknown_category": 0,
-                       "missing_ts": 0, "missing_dur": 0}
+                       "missing_ts": 0, "missing_dur": 0, "not_events": 0}
 
     def add(self, events: list) -> None:
         """Keep the X rows of known categories from one parsed chunk."""
@@ -92,6 +92,7 @@ class _Columns:
         counts["events"] += len(events)
         for e in events:
             if type(e) is not dict:
+                counts["not_events"] += 1
                 continue
             ph = e.get("ph")
             if ph != "X":
@@ -99,8 +100,11 @@ class _Columns:
                     counts["flows"] += 1
                 elif ph == "M":
                     counts["metadata"] += 1
+                elif ph is None:
+                    counts["not_events"] += 1
                 continue
-            c = cat_codes.get(e.get("cat"))
+            cat = e.get("cat")
+            c = cat_codes.get(cat) if type(cat) is str else None
             if c is None:
                 counts["unknown_category"] += 1
                 continue
@@ -109,6 +113,8 @@ class _Columns:
                 counts["missing_ts"] += 1
                 continue
             name = e.get("name")
+            if type(name) is not str:
+                name = "" if name is None else str(name)
             code = codes.get(name)
             if code is None:
                 code = codes[name] = len(codes)
@@ -232,6 +238,13 @@ def _numeric(values: list, dtype: Any, missing: float | int) -> np.ndarray:
     return out
 
 
+def _byte_counts(values: list) -> np.ndarray:
+    """args.bytes as float64; NaN where absent or not a plausible byte count (negative, beyond 2**53)."""
+    out = _numeric(values, np.float64, np.nan)
+    out[~((out >= 0) & (out < 2.0**53))] = np.nan
+    return out
+
+
 def _ids(values: list) -> np.ndarray:
     """pid/tid column as int64; a non-integer id (a label string) gets a stable negative code of its own."""
     try:
@@ -265,7 +278,7 @@ def _finish(columns: _Columns, header: dict[str, Any]) -> TraceEvents:
         ts_us=ts[good] - origin,
         dur_us=dur[good],
         correlation=_numeric(columns.corr, np.int64, -1)[good],
-        nbytes=_numeric(columns.nbytes, np.float64, np.nan)[good],
+        nbytes=_byte_counts(columns.nbytes)[good],
         names=names,
         origin_us=origin,
         base_time_ns=_base_time_ns(header, origin),
@@ -296,6 +309,8 @@ def load_trace(path: str | Path) -> TraceEvents:
         if header is None:
             columns = _Columns()
             header = _whole_document(path, data, columns)
+        if columns.counts["events"] and columns.counts["not_events"] == columns.counts["events"]:
+            raise TraceError(f"{path} is not a Chrome trace (no item of its traceEvents has a 'ph' field)")
         return _finish(columns, header)
     finally:
         if gc_was_enabled:

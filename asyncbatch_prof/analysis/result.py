@@ -47,7 +47,7 @@ class TraceAnalysis:
         self.windows: dict[int, dict[str, WindowResult | str]] = {}
         for dev, ops in self.devices.items():
             self.windows[dev] = _device_windows(ops, launches, self.engine, self.step_ranges, phases, threshold_us)
-        self.device = max(self.devices, key=lambda d: (self.windows[d]["kernel"].metrics["gpu_busy_us"], -d),
+        self.device = max(self.devices, key=lambda d: (self.windows[d]["kernel"].metrics.get("gpu_busy_us", 0.0), -d),
                           default=None)
         self.window = self._default_window()
         self.gpu_ops = _gpu_ops_frame(ev, self.devices)
@@ -69,7 +69,7 @@ class TraceAnalysis:
 
     def _steps_frame(self, ev: TraceEvents, launches) -> pd.DataFrame:
         step = self.windows.get(self.device, {}).get("step")
-        if not isinstance(step, WindowResult) or self.step_ranges is None:
+        if not isinstance(step, WindowResult) or self.step_ranges is None or not step.hi > step.lo:
             return pd.DataFrame(columns=["step", "start_us", "end_us", "wall_us", "cpu_us", "gpu_busy_us", "idle_us",
                                          "host_work_us", "sync_wait_us", "kernels", "launches", "h2d_bytes",
                                          "d2h_bytes"])

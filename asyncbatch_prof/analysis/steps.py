@@ -62,11 +62,13 @@ def _issue_time(ops: DeviceOps, launches: Launches) -> np.ndarray:
 def steps_frame(ev: TraceEvents, steps: StepRanges, window: tuple[float, float], ops: DeviceOps,
                 launches: Launches, engine: EngineThread) -> pd.DataFrame:
     """One row per profiled step; times in trace µs, bytes in bytes."""
-    starts = steps.start_us
+    # steps tile the window: a step that starts after the window's end (malformed trace) gets zero length
+    starts = np.minimum(steps.start_us, window[1])
     ends = np.append(starts[1:], window[1])
-    busy = np.diff(intervals.covered_before(ops.busy, np.append(starts, window[1])))
-    work = np.diff(intervals.covered_before(engine.work, np.append(starts, window[1])))
-    blocked = np.diff(intervals.covered_before(engine.blocked, np.append(starts, window[1])))
+    edges = np.append(starts, window[1])
+    busy = np.diff(intervals.covered_before(ops.busy, edges))
+    work = np.diff(intervals.covered_before(engine.work, edges))
+    blocked = np.diff(intervals.covered_before(engine.blocked, edges))
     issued = _issue_time(ops, launches)
     step_of = np.searchsorted(starts, issued, side="right") - 1
     valid = (step_of >= 0) & (issued < window[1])
