@@ -395,6 +395,18 @@ def assemble(runs: dict, out: Path, env: dict, command: str) -> dict:
     return doc
 
 
+def issue_checks(doc: dict) -> dict:
+    """Issue 9's bars, each True/False from this run's numbers, or None where the number is absent."""
+    checks = {}
+    for batch in (256, 64):
+        row = next((r for r in doc.get("decode", []) if r["batch"] == batch and r["ctx"] == 704), None)
+        checks[f"decode_{batch}x704_at_least_half_roofline"] = None if row is None else row["fraction"] >= 0.5
+    ratio = doc["workload"].get("reference_async_over_transformers_best")
+    checks["reference_async_at_least_10x_transformers_best"] = None if ratio is None else ratio >= 10
+    checks["tokens_identical_sync_async"] = doc["workload"].get("tokens_identical")
+    return checks
+
+
 def fmt(x, spec=".2f") -> str:
     return "-" if x is None else format(x, spec)
 
@@ -450,6 +462,8 @@ def markdown(doc: dict) -> str:
         lines.append(f"| {h['mode']} | {h['running_seqs']} | {h['steps']} | " + " | ".join(
             fmt(h[k], ".3f") for k in ("host_ms", "schedule_ms", "prepare_ms", "update_ms", "enqueue_ms",
                                        "gpu_ms", "wall_ms")) + " |")
+    lines += ["", "## Issue 9's bars (from the numbers above)", ""]
+    lines += [f"- {k}: {'-' if v is None else ('yes' if v else 'NO')}" for k, v in doc.get("issue_checks", {}).items()]
     if doc["absent"]:
         lines += ["", "## Absent", ""] + [f"- `{k}`: {v}" for k, v in doc["absent"].items()]
     return "\n".join(lines) + "\n"
@@ -470,6 +484,7 @@ def orchestrate(args) -> None:
         limit = TIMEOUT_S[part.split("-")[0]]
         runs[part] = spawn(args, part, out, min(limit, deadline - time.perf_counter()))
     doc = assemble(runs, out, environment(args.dry_run), command)
+    doc["issue_checks"] = issue_checks(doc)
     atomic_write_json(out / "engine-speed.json", doc)
     text = markdown(doc)
     atomic_write_text(out / "engine-speed.md", text)

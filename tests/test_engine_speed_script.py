@@ -55,6 +55,8 @@ def test_workload_and_host_split(dry_run):
     assert wl["tokens_identical"] is True and wl["identical_requests"] == wl["requests"] == 8
     assert wl["reference_sync"]["output_tokens"] == 8 * 8
     assert "transformers_best_tok_s" not in wl
+    assert doc["issue_checks"]["tokens_identical_sync_async"] is True
+    assert doc["issue_checks"]["decode_256x704_at_least_half_roofline"] is None  # no such row in the dry run
     assert doc["absent"]["workload.transformers_best_tok_s"] == "no transformers run finished"
     assert doc["runs"]["transformers-sync"]["status"] == "skipped"
     rows = {(h["mode"], h["running_seqs"]): h for h in doc["host_gpu"]}
@@ -96,3 +98,14 @@ def test_part_with_no_budget_left_is_skipped(tmp_path):
     args = mod.argparse.Namespace(dry_run=True)
     res = mod.spawn(args, "decode", tmp_path, 3.0)
     assert res["status"] == "skipped" and "budget" in res["reason"]
+
+
+def test_issue_checks_follow_the_numbers():
+    mod = load_script()
+    doc = {"decode": [{"batch": 256, "ctx": 704, "fraction": 0.62}, {"batch": 64, "ctx": 704, "fraction": 0.41}],
+           "workload": {"reference_async_over_transformers_best": 12.0, "tokens_identical": False}}
+    assert mod.issue_checks(doc) == {"decode_256x704_at_least_half_roofline": True,
+                                     "decode_64x704_at_least_half_roofline": False,
+                                     "reference_async_at_least_10x_transformers_best": True,
+                                     "tokens_identical_sync_async": False}
+    assert set(mod.issue_checks({"workload": {}}).values()) == {None}
