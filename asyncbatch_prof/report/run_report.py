@@ -52,6 +52,9 @@ def build_figures(view: RunView) -> list[FigureSlot]:
     if a is None or a.device is None or not len(a.gpu_ops):
         reason = view.analysis_absent or "the trace has no GPU ops"
         slots = [FigureSlot(kind, title, None, reason) for kind, title in FIGURES[:4]]
+        if a is not None and len(a.cpu_phases):  # a CPU run still shows what its engine thread did
+            origin = float(a.cpu_phases["start_us"].min())
+            slots[0] = _slot("timeline", lambda: timeline_figure(a, origin, "the first CPU phase"), reason)
         nvml = _slot("nvml", lambda: nvml_figure(view.nvml, None, None, 0.0), nvml_reason)
         return slots + [nvml, latency]
     ops = _device_ops(a)

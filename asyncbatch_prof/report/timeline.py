@@ -18,8 +18,9 @@ from asyncbatch_prof.report.style import GAP_COLORS, GAP_LABELS, PHASE_ORDER, ph
 
 MAX_SLICE_OPS = 20_000  # GPU ops drawn at most; a slice of steps stops before this many
 MAX_SLICE_STEPS = 40
+MAX_CPU_SEGMENTS = 300  # without GPU ops: about 40 steps of the engine's phases
 FIRST_VIEW_STEPS = 4  # the first view shows a few steps, where CPU phases are wide enough to see
-MIN_DRAWN_WIDTH = 1 / 2_000  # of the slice: shorter segments are widened to about a pixel, or they vanish
+MIN_DRAWN_WIDTH = 1 / 800  # of the first view: shorter CPU phases are widened to about a pixel, or they vanish
 DRAW_RESOLUTION = 4_000  # segments per lane width worth keeping apart (about a wide screen's pixels)
 NAMED_SEGMENTS = 3_000  # above this many segments in a lane, hover shows lane and time only (file size)
 
@@ -59,6 +60,14 @@ def choose_slice(steps: pd.DataFrame, op_starts_us: np.ndarray) -> Slice:
     return Slice(float(op_starts_us[0]), float(end), f"first {stop + 1:,} of {len(op_starts_us):,} GPU ops")
 
 
+def cpu_slice(cpu_phases: pd.DataFrame) -> Slice:
+    """Without GPU ops (a CPU run) the analysis has no steps: the first MAX_CPU_SEGMENTS phase segments."""
+    phases = cpu_phases.sort_values("start_us")
+    count = min(len(phases), MAX_CPU_SEGMENTS)
+    end = float(phases["end_us"].iloc[:count].max())
+    return Slice(float(phases["start_us"].iloc[0]), end, f"first {count:,} of {len(phases):,} CPU phase segments")
+
+
 def merge_for_drawing(starts: np.ndarray, ends: np.ndarray, min_gap: float) -> tuple[np.ndarray, np.ndarray]:
     """Merge intervals that overlap or sit closer than ``min_gap`` (same unit as the inputs), for drawing
     only: the merged segments are what a screen could show, not what the numbers use."""
@@ -82,14 +91,14 @@ def _segments(starts: np.ndarray, ends: np.ndarray, lane: float) -> tuple[np.nda
 
 
 def _lane_trace(name: str, starts, ends, lane: float, color: str, origin_us: float, span_us: float,
-                names: np.ndarray | None = None, widen: bool = False) -> go.Scatter:
+                names: np.ndarray | None = None, min_width_us: float = 0.0) -> go.Scatter:
     raw = len(starts)
     starts, ends = np.asarray(starts, float), np.asarray(ends, float)
     if names is None or raw > NAMED_SEGMENTS:
         starts, ends = merge_for_drawing(starts, ends, span_us / DRAW_RESOLUTION)
         names = None
-    if widen:  # CPU phases only: widened GPU ops or gaps would paint busy or idle time that is not there
-        ends = np.maximum(ends, starts + span_us * MIN_DRAWN_WIDTH)
+    # only CPU phases get a minimum width: widened GPU ops or gaps would paint busy or idle time that is not there
+    ends = np.maximum(ends, starts + min_width_us)
     x, y = _segments((starts - origin_us) / 1e3, (ends - origin_us) / 1e3, lane)
     trace = go.Scatter(x=x, y=y, mode="lines", name=name, line={"color": color, "width": 12},
                          legendgroup=name, showlegend=False, hovertemplate=f"{name}<br>%{{x:.3f}} ms<extra></extra>")
@@ -105,14 +114,20 @@ def _clip(frame: pd.DataFrame, sl: Slice) -> pd.DataFrame:
     return frame[(frame["end_us"] > sl.start_us) & (frame["start_us"] < sl.end_us)]
 
 
-def timeline_figure(analysis, origin_us: float) -> go.Figure:
+def timeline_figure(analysis, origin_us: float, origin_label: str = "the first GPU op") -> go.Figure:
     """Timeline of a slice of steps for the analysis' headline device; x in ms since ``origin_us``
-    (the first GPU op of the trace), one lane per CPU phase, per GPU stream, merged busy, and idle."""
+    (the first GPU op of the trace), one lane per CPU phase, per GPU stream, merged busy, and idle.
+    A trace without GPU ops gets the CPU lanes only."""
     device = str(analysis.device)
     ops = analysis.gpu_ops[analysis.gpu_ops["device"].astype(str) == device]
     gaps = analysis.gaps[analysis.gaps["device"].astype(str) == device]
-    sl = choose_slice(analysis.steps, ops["start_us"].to_numpy(float))
+    if len(ops) or not len(analysis.cpu_phases):
+        sl = choose_slice(analysis.steps, ops["start_us"].to_numpy(float))
+    else:
+        sl = cpu_slice(analysis.cpu_phases)
     span = max(sl.end_us - sl.start_us, 1e-3)
+    view_end = sl.view_end_us if sl.view_end_us is not None else sl.end_us
+    min_width = (view_end - sl.start_us) * MIN_DRAWN_WIDTH
     ops, gaps, phases = _clip(ops, sl), _clip(gaps, sl), _clip(analysis.cpu_phases, sl)
     traces, ticks = [], []
 
@@ -124,28 +139,33 @@ def timeline_figure(analysis, origin_us: float) -> go.Figure:
     for phase in names_in_order:
         rows = phases[phases["phase"] == phase]
         traces.append(_lane_trace(f"CPU {_short(phase)}", rows["start_us"], rows["end_us"], lane(f"CPU {_short(phase)}"),
-                                  phase_color(_short(phase)), origin_us, span, widen=True))
+                                  phase_color(_short(phase)), origin_us, span, min_width_us=min_width))
     for stream in sorted(ops["stream"].unique(), key=str):
         rows = ops[ops["stream"] == stream]
         traces.append(_lane_trace(f"GPU stream {stream}", rows["start_us"], rows["end_us"],
                                   lane(f"GPU stream {stream}"), "#2ca02c", origin_us, span, rows["name"].to_numpy()))
+    if len(ops):
+        traces += _gpu_summary_lanes(ops, gaps, lane, origin_us, span)
+    fig = go.Figure(traces)
+    fig.update_layout(base_layout(f"Timeline: {sl.label}; drag to zoom", height=90 + 30 * len(ticks)))
+    fig.update_yaxes(tickvals=[-(i + 1) for i in range(len(ticks))], ticktext=ticks, range=[-len(ticks) - 0.7, -0.3],
+                     fixedrange=True, showgrid=False)
+    fig.update_xaxes(title_text=f"ms since {origin_label}", range=[(sl.start_us - origin_us) / 1e3,
+                                                                  (view_end - origin_us) / 1e3])
+    return fig
+
+
+def _gpu_summary_lanes(ops, gaps, lane, origin_us: float, span: float) -> list[go.Scatter]:
+    """The merged busy lane and the idle lane coloured by cause."""
     busy_s, busy_e = merge_for_drawing(ops["start_us"].to_numpy(float), ops["end_us"].to_numpy(float), 0.0)
-    traces.append(_lane_trace("GPU busy (merged)", busy_s, busy_e, lane("GPU busy (merged)"), "#1b5e20", origin_us, span))
+    traces = [_lane_trace("GPU busy (merged)", busy_s, busy_e, lane("GPU busy (merged)"), "#1b5e20", origin_us, span)]
     idle_lane = lane("GPU idle (by cause)")
     for gap_class, color in GAP_COLORS.items():
         rows = gaps[gaps["gap_class"] == gap_class]
         trace = _lane_trace(GAP_LABELS[gap_class], rows["start_us"], rows["end_us"], idle_lane, color, origin_us, span)
         trace.update(showlegend=True)
         traces.append(trace)
-    fig = go.Figure(traces)
-    fig.update_layout(base_layout(f"Timeline: {sl.label}; drag to zoom",
-                                  height=90 + 30 * len(ticks)))
-    fig.update_yaxes(tickvals=[-(i + 1) for i in range(len(ticks))], ticktext=ticks, range=[-len(ticks) - 0.7, -0.3],
-                     fixedrange=True, showgrid=False)
-    view_end = sl.view_end_us if sl.view_end_us is not None else sl.end_us
-    fig.update_xaxes(title_text="ms since the first GPU op", range=[(sl.start_us - origin_us) / 1e3,
-                                                                    (view_end - origin_us) / 1e3])
-    return fig
+    return traces
 
 
 def _short(phase: str) -> str:

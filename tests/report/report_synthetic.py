@@ -131,7 +131,7 @@ def write_run(run_dir: Path, *, num_steps: int = 12, kernels_per_step: int = 20,
     _write_requests(run_dir / "requests.csv", seed)
     if nvml:
         _write_nvml(run_dir / "nvml.csv", frames)
-    return run_dir, synthetic_analysis(frames, doc)
+    return run_dir, synthetic_analysis(frames, doc) if len(frames["gpu_ops"]) else None
 
 
 def _write_requests(path: Path, seed: int) -> None:

@@ -45,3 +45,19 @@ def test_report_real_analysis_aligns_nvml_with_trace_busy(tmp_path):
     assert list(busy.y) == pytest.approx(expected, abs=1e-6)
     # the samples reach 500 µs past the kernels at each end, longer than one period: those periods are idle
     assert busy.y[0] == 0.0 and busy.y[-1] == 0.0 and min(busy.y[1:-1]) > 5.0
+
+
+def test_report_real_analysis_cpu_run_shows_cpu_lanes_only(tmp_path):
+    from asyncbatch_prof.report.run_report import build_figures
+
+    run_dir, _ = write_run(tmp_path / "cpu", num_steps=5, kernels_per_step=0, nvml=False,
+                           metrics={"tokens_per_s": 10.0}, absent={"gpu_idle_pct": "no GPU activity in trace"})
+    slots = {s.kind: s for s in build_figures(load_run(run_dir))}
+    ticks = list(slots["timeline"].figure.layout.yaxis.ticktext)
+    assert ticks[:2] == ["CPU schedule", "CPU prepare"] and not any(t.startswith("GPU") for t in ticks)
+    assert slots["timeline"].figure.layout.title.text.startswith("Timeline: first 25 of 25 CPU phase segments")
+    assert slots["timeline"].figure.layout.xaxis.title.text == "ms since the first CPU phase"
+    assert slots["gap_histogram"].figure is None and slots["gap_histogram"].absent == "the trace has no GPU ops"
+    assert slots["nvml"].absent == "no NVML here"
+    html = write_report(run_dir).read_text()
+    assert 'data-metric="gpu_idle_pct.step" data-absent="no GPU activity in trace"' in html
