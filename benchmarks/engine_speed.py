@@ -424,7 +424,9 @@ def markdown(doc: dict) -> str:
                   f"Roofline = (weights read per step + K/V bytes) / bandwidth measured in this run "
                   f"({bw['tb_s']:.2f} TB/s, {bw['bytes'] / 2**31:.3g} GiB device copy, read + write); "
                   f"datasheet {bw['datasheet_tb_s']} TB/s in the last column. Weights exclude the embedding "
-                  "(rows only); the fp32 logits write is not counted.", "",
+                  "(rows only); the fp32 logits write is not counted. The graph holds the forward and the LM "
+                  "head; the step's input copies and greedy sampling run outside it and are not in these times "
+                  "(the host/GPU table below times the whole device step).", "",
                   "| batch | ctx | step ms (p10-p90) | weights GB | K/V GB | roofline ms | fraction | "
                   "roofline ms @datasheet | graph vs eager rel err |", "|---|---|---|---|---|---|---|---|---|"]
         for r in doc["decode"]:
