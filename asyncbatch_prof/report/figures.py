@@ -14,7 +14,8 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from asyncbatch_prof.analysis.contract import lookup
-from asyncbatch_prof.report.style import GAP_COLORS, GAP_LABELS, SERIES_COLORS, base_layout, phase_color
+from asyncbatch_prof.report.style import (GAP_COLORS, GAP_LABELS, OTHER_PHASE_COLORS, PHASE_ORDER, SERIES_COLORS,
+                                          base_layout, phase_color)
 
 
 def idle_by_cause_figure(doc: Mapping[str, Any], phases: pd.DataFrame) -> go.Figure | None:
@@ -26,10 +27,10 @@ def idle_by_cause_figure(doc: Mapping[str, Any], phases: pd.DataFrame) -> go.Fig
     bars = []
     host = values["host_bound"]
     if host is not None and len(phases) and phases["host_bound_pct"].sum() > 0:
-        for row in phases.sort_values("host_bound_pct", ascending=False).itertuples():
-            name = str(row.phase).removeprefix("abprof.")
-            bars.append(go.Bar(x=[row.host_bound_pct], y=["idle"], orientation="h", name=f"host-bound: {name}",
-                               marker_color=phase_color(name), marker_line={"color": GAP_COLORS["host_bound"], "width": 2},
+        for index, (name, share) in enumerate(_top_phases(phases)):
+            color = phase_color(name) if name in PHASE_ORDER else OTHER_PHASE_COLORS[index % len(OTHER_PHASE_COLORS)]
+            bars.append(go.Bar(x=[share], y=["idle"], orientation="h", name=f"host-bound: {name}",
+                               marker_color=color, marker_line={"color": GAP_COLORS["host_bound"], "width": 2},
                                hovertemplate=f"host-bound during {name}: %{{x:.2f}}%<extra></extra>"))
     elif host is not None:
         bars.append(go.Bar(x=[host], y=["idle"], orientation="h", name=GAP_LABELS["host_bound"],
@@ -40,11 +41,21 @@ def idle_by_cause_figure(doc: Mapping[str, Any], phases: pd.DataFrame) -> go.Fig
                                marker_color=GAP_COLORS[gap_class],
                                hovertemplate=f"{GAP_LABELS[gap_class]}: %{{x:.2f}}%<extra></extra>"))
     fig = go.Figure(bars)
-    fig.update_layout(base_layout("Idle time by cause (% of the window)", height=260), barmode="stack")
-    fig.update_layout(legend={"y": -0.35})
+    fig.update_layout(base_layout("Idle time by cause (% of the window)", height=300), barmode="stack")
+    fig.update_layout(legend={"orientation": "v", "y": 1, "x": 1.02, "traceorder": "normal"})
     fig.update_layout(margin={"l": 60})
     fig.update_xaxes(title_text="% of the window", rangemode="tozero")
     return fig
+
+
+def _top_phases(phases: pd.DataFrame, keep: int = 5) -> list[tuple[str, float]]:
+    """The CPU phases with the most host-bound idle (% of the window), the rest summed as 'other phases':
+    a trace without the engine's annotations names dozens of aten ops here."""
+    ordered = phases.sort_values("host_bound_pct", ascending=False)
+    top = [(str(p).removeprefix("abprof."), float(v)) for p, v in zip(ordered["phase"], ordered["host_bound_pct"])]
+    if len(top) > keep + 1:
+        top = top[:keep] + [(f"{len(top) - keep} other phases", sum(v for _, v in top[keep:]))]
+    return top
 
 
 def gap_histogram_figure(gaps: pd.DataFrame, device: Any, threshold_us: float | None) -> go.Figure | None:

@@ -8,6 +8,7 @@ GAP_LABELS = {"host_bound": "idle: host-bound", "launch_latency": "idle: launch 
 PHASE_ORDER = {"step": 0, "schedule": 1, "prepare": 2, "forward": 3, "sample": 4, "update": 5, "sync_wait": 6}
 _PHASE_COLORS = {"step": "#9e9e9e", "schedule": "#1f77b4", "prepare": "#17becf", "forward": "#8c564b",
                  "sample": "#bcbd22", "update": "#e377c2", "sync_wait": "#d62728"}
+OTHER_PHASE_COLORS = ["#7f7f7f", "#aec7e8", "#c49c94", "#dbdb8d", "#9edae5", "#f7b6d2", "#c7c7c7", "#98df8a"]
 SERIES_COLORS = ["#1f77b4", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b"]
 
 

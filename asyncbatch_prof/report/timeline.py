@@ -19,6 +19,7 @@ from asyncbatch_prof.report.style import GAP_COLORS, GAP_LABELS, PHASE_ORDER, ph
 MAX_SLICE_OPS = 20_000  # GPU ops drawn at most; a slice of steps stops before this many
 MAX_SLICE_STEPS = 40
 MAX_CPU_SEGMENTS = 300  # without GPU ops: about 40 steps of the engine's phases
+FIRST_VIEW_OPS = 1_000  # the same for a trace without steps
 FIRST_VIEW_STEPS = 4  # the first view shows a few steps, where CPU phases are wide enough to see
 MIN_DRAWN_WIDTH = 1 / 800  # of the first view: shorter CPU phases are widened to about a pixel, or they vanish
 DRAW_RESOLUTION = 4_000  # segments per lane width worth keeping apart (about a wide screen's pixels)
@@ -57,7 +58,12 @@ def choose_slice(steps: pd.DataFrame, op_starts_us: np.ndarray) -> Slice:
         return Slice(0.0, 0.0, "no GPU ops")
     stop = min(len(op_starts_us), MAX_SLICE_OPS) - 1
     end = op_starts_us[stop] if stop + 1 < len(op_starts_us) else op_starts_us[-1]
-    return Slice(float(op_starts_us[0]), float(end), f"first {stop + 1:,} of {len(op_starts_us):,} GPU ops")
+    label = f"first {stop + 1:,} of {len(op_starts_us):,} GPU ops"
+    view_end = None
+    if stop + 1 > FIRST_VIEW_OPS:
+        view_end = float(op_starts_us[FIRST_VIEW_OPS])
+        label += f", first {FIRST_VIEW_OPS:,} shown (double-click: all)"
+    return Slice(float(op_starts_us[0]), float(end), label, view_end)
 
 
 def cpu_slice(cpu_phases: pd.DataFrame) -> Slice:

@@ -67,3 +67,16 @@ def test_report_nvml_without_samples_or_alignment():
     fig = nvml_figure(nvml, 0, (np.array([1e6]), np.array([1.5e6])), 0.0)
     busy = next(t for t in fig.data if t.name == "trace busy share, same periods")
     np.testing.assert_allclose(busy.y, [50.0, 0.0])
+
+
+def test_report_idle_by_cause_lumps_small_phases_and_keeps_the_sum():
+    from asyncbatch_prof.report.figures import idle_by_cause_figure
+
+    phases = pd.DataFrame({"phase": [f"aten::op{i}" for i in range(10)], "host_bound_pct": np.arange(10, 0, -1.0)})
+    doc = {"metrics": {"host_bound_pct": {"step": 55.0}, "launch_latency_pct": {"step": 1.0}}, "absent": {}}
+    fig = idle_by_cause_figure(doc, phases)
+    names = [t.name for t in fig.data]
+    assert names[:5] == [f"host-bound: aten::op{i}" for i in range(5)]
+    assert names[5:] == ["host-bound: 5 other phases", "idle: launch latency"]
+    assert sum(t.x[0] for t in fig.data[:6]) == 55.0
+    assert idle_by_cause_figure({"metrics": {}, "absent": {"host_bound_pct": "no GPU"}}, phases) is None
