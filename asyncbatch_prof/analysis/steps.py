@@ -80,7 +80,8 @@ def steps_frame(ev: TraceEvents, steps: StepRanges, window: tuple[float, float],
         w = None if weights is None else weights[sel]
         return np.bincount(step_of[sel], weights=w, minlength=n)[:n]
 
-    names = np.array(ev.names, dtype=object)[ev.name[ops.row]].astype(str) if ops.row.size else np.zeros(0, str)
+    h2d = names_matching(ev, lambda n: "HtoD" in n)[ev.name[ops.row]]
+    d2h = names_matching(ev, lambda n: "DtoH" in n)[ev.name[ops.row]]
     nbytes = np.nan_to_num(ev.nbytes[ops.row], nan=0.0)
     memcpy = cat == MEMCPY
     first_of_launch = np.zeros(ops.row.size, dtype=bool)
@@ -100,8 +101,8 @@ def steps_frame(ev: TraceEvents, steps: StepRanges, window: tuple[float, float],
         "sync_wait_us": blocked,
         "kernels": per_step(cat == KERNEL).astype(np.int64),
         "launches": per_step(first_of_launch & (ops.launch >= 0)).astype(np.int64),
-        "h2d_bytes": per_step(memcpy & np.char.find(names, "HtoD") >= 0, nbytes).astype(np.int64),
-        "d2h_bytes": per_step(memcpy & np.char.find(names, "DtoH") >= 0, nbytes).astype(np.int64),
+        "h2d_bytes": per_step(memcpy & h2d, nbytes).astype(np.int64),
+        "d2h_bytes": per_step(memcpy & d2h, nbytes).astype(np.int64),
     })
 
 
@@ -142,4 +143,6 @@ def launches_frame(ev: TraceEvents, launches: Launches, devices: dict[int, Devic
     if not parts:
         return pd.DataFrame(columns=["device", "stream", "correlation", "name", "tid", "start_us", "end_us",
                                      "gpu_start_us", "launch_delay_us", "queue_depth", "ops"])
-    return pd.concat(parts, ignore_index=True).sort_values("start_us", kind="stable", ignore_index=True)
+    frame = pd.concat(parts, ignore_index=True)
+    order = np.argsort(frame["start_us"].to_numpy(), kind="stable")
+    return frame.take(order).reset_index(drop=True)
