@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 
 from asyncbatch_prof import __version__
-from asyncbatch_prof.analysis import contract
+from asyncbatch_prof.analysis import contract, intervals
 from asyncbatch_prof.analysis.loader import TraceEvents
 from asyncbatch_prof.analysis.windows import WindowResult
 
@@ -18,35 +18,42 @@ GAP_COLUMNS = ["device", "window", "start_us", "end_us", "duration_us", "gap_cla
 
 
 def gaps_frame(ev: TraceEvents, devices: dict, windows: dict) -> pd.DataFrame:
-    """Kernel-window idle gaps of every device (trace µs), flagged when they lie inside the step window.
-
-    The step window's first gap may start before the first GPU op (at the first step's start); it is
-    listed with window='step' since the kernel window does not contain it.
-    """
-    names = np.array(ev.names + ["(window start)"], dtype=object)
+    """Idle gaps of every device (trace µs): all kernel-window gaps, plus the step window's own gaps
+    (window='step') where they differ from a kernel-window gap (clipped at the step window's edges, or
+    before the first GPU op). Summing ``duration_us`` over ``in_step_window`` gives the step window's idle."""
+    names = np.array(ev.names + ["(window edge)"], dtype=object)
     parts = []
     for dev, per_window in windows.items():
         ops = devices[dev]
-        step = per_window.get("step")
-        for wname in ("kernel", "step"):
-            res = per_window.get(wname)
+        kernel, step = per_window.get("kernel"), per_window.get("step")
+        kernel_gaps = set()
+        if isinstance(kernel, WindowResult) and kernel.gaps is not None:
+            kernel_gaps = set(zip(kernel.gaps.start_us.tolist(), kernel.gaps.end_us.tolist()))
+        for res in (kernel, step):
             if not isinstance(res, WindowResult) or res.gaps is None:
                 continue
             g = res.gaps
             in_step = np.zeros(g.start_us.size, dtype=bool)
             if isinstance(step, WindowResult):
                 in_step = (g.start_us >= step.lo) & (g.end_us <= step.hi)
-            keep = np.ones(g.start_us.size, dtype=bool) if wname == "kernel" else g.start_us < ops.start_us.min()
-            op_name = lambda idx: names[np.where(idx >= 0, ev.name[ops.row[np.maximum(idx, 0)]], len(ev.names))]
+            keep = np.ones(g.start_us.size, dtype=bool)
+            if res is step:
+                keep = np.array([(a, b) not in kernel_gaps for a, b in zip(g.start_us.tolist(), g.end_us.tolist())],
+                                dtype=bool)
             parts.append(pd.DataFrame({
-                "device": dev, "window": wname, "start_us": g.start_us + ev.origin_us,
+                "device": dev, "window": res.name, "start_us": g.start_us + ev.origin_us,
                 "end_us": g.end_us + ev.origin_us, "duration_us": g.duration_us, "gap_class": g.gap_class,
-                "cpu_phase": res.gap_phase, "prev_op": op_name(g.prev_op), "next_op": op_name(g.next_op),
-                "in_step_window": in_step,
+                "cpu_phase": res.gap_phase, "prev_op": _op_names(names, ev, ops, g.prev_op),
+                "next_op": _op_names(names, ev, ops, g.next_op), "in_step_window": in_step,
             })[keep])
     if not parts:
         return pd.DataFrame(columns=GAP_COLUMNS)
     return pd.concat(parts, ignore_index=True).sort_values(["device", "start_us"], kind="stable", ignore_index=True)
+
+
+def _op_names(names: np.ndarray, ev: TraceEvents, ops, idx: np.ndarray) -> np.ndarray:
+    """Names of ops by index into DeviceOps; '(window edge)' for −1."""
+    return names[np.where(idx >= 0, ev.name[ops.row[np.maximum(idx, 0)]], len(ev.names))]
 
 
 def phases_frame(res: WindowResult | None) -> pd.DataFrame:
@@ -136,4 +143,30 @@ def build_doc(ta, ev: TraceEvents) -> dict[str, Any]:
     doc["launches"] = {"count": int(len(launches)), **_percentiles(launches["launch_delay_us"], "launch_delay_us"),
                        **_percentiles(launches["queue_depth"], "queue_depth")}
     doc["phases"] = ta.phases.to_dict(orient="records")
+    doc["host"] = _host_doc(ta)
     return doc
+
+
+def _host_doc(ta) -> dict[str, Any] | None:
+    """CPU-side numbers that need no GPU: the engine thread's host work and sync wait over the profiled steps
+    (or, without abprof.step, over the thread's recorded activity), and the steps' CPU lengths (µs)."""
+    engine = ta.engine
+    if engine is None:
+        return None
+    steps = ta.step_ranges
+    if steps is not None and steps.index.size:
+        lo, hi, span = float(steps.start_us[0]), float(steps.end_us.max()), "profiled abprof.step ranges"
+    elif engine.work[0].size or engine.blocked[0].size:
+        both = np.concatenate((engine.work[0], engine.blocked[0])), np.concatenate((engine.work[1], engine.blocked[1]))
+        lo, hi, span = float(both[0].min()), float(both[1].max()), "the engine thread's recorded activity"
+    else:
+        return {"span": None}
+    out: dict[str, Any] = {
+        "span": span, "start_us": lo + ta.origin_us, "end_us": hi + ta.origin_us, "span_us": hi - lo,
+        "host_work_us": intervals.length(intervals.clip(engine.work, lo, hi)),
+        "sync_wait_us": intervals.length(intervals.clip(engine.blocked, lo, hi)),
+    }
+    if steps is not None:
+        out["profiled_steps"] = int(steps.index.size)
+        out.update(_percentiles(steps.end_us - steps.start_us, "step_cpu_us"))
+    return out

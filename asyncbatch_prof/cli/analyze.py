@@ -78,8 +78,8 @@ def _print_summary(ta, target: Path) -> None:
             cells = [_fmt(lookup(doc, f"{name}.{w}")[0], unit) for w in ("step", "kernel")]
             table.add_row(label, *cells)
         console.print(table)
-        for key, why in sorted(doc["absent"].items()):
-            console.print(f"absent {key}: {why}", style="dim")
+        for why, names in _absent_by_reason(doc["absent"]).items():
+            console.print(f"absent ({why}): {', '.join(names)}", style="dim")
         if len(ta.phases):
             console.print(f"host-bound idle by CPU phase ({ta.window} window):")
             for row in ta.phases.head(8).itertuples():
@@ -94,6 +94,23 @@ def _print_summary(ta, target: Path) -> None:
                           f"p99 {launches['launch_delay_us_p99']:.1f} µs; queue depth p50 "
                           f"{launches['queue_depth_p50']:.0f}")
     else:
-        steps = doc.get("steps", {})
-        console.print(f"profiled steps: {doc['trace']['profiled_steps']}")
+        _print_host(console, doc.get("host"))
     console.print(f"wrote {target}")
+
+
+def _absent_by_reason(absent: dict[str, str]) -> dict[str, list[str]]:
+    grouped: dict[str, list[str]] = {}
+    for name, why in sorted(absent.items()):
+        grouped.setdefault(why, []).append(name)
+    return grouped
+
+
+def _print_host(console, host: dict | None) -> None:
+    """CPU-side numbers for a trace without GPU ops."""
+    if not host or not host.get("span"):
+        console.print("no engine thread activity recorded")
+        return
+    console.print(f"over {host['span']} ({host['span_us'] / 1e3:,.3f} ms): host work "
+                  f"{host['host_work_us'] / 1e3:,.3f} ms, blocked in sync calls {host['sync_wait_us'] / 1e3:,.3f} ms")
+    if host.get("profiled_steps"):
+        console.print(f"{host['profiled_steps']} profiled steps, CPU length p50 {host['step_cpu_us_p50'] / 1e3:.3f} ms")

@@ -123,3 +123,17 @@ def test_fuzzed_traces_never_traceback(cli, tmp_path, trace_builder):
         assert result.exception is None or isinstance(result.exception, SystemExit), (i, repr(result.exception))
         if result.exit_code == 2:
             assert result.output.count("abprof: error:") == 1, (i, result.output)
+
+
+def test_no_gpu_trace_prints_cpu_side_numbers(cli, tmp_path, trace_builder):
+    tb = trace_builder()
+    for start in (0, 100, 200):
+        tb.cpu("abprof.step", start, 80, cat="user_annotation")
+        tb.cpu("aten::item", start + 50, 20)
+    result = cli("analyze", tb.write(tmp_path / "t.json.gz"))
+    assert result.exit_code == 2, result.output
+    assert "2 profiled steps, CPU length p50 0.080 ms" in result.output
+    host = json.loads((tmp_path / "metrics.json").read_text())["host"]
+    # span: step 1 start 100 to step 2 end 280; host work 2 × (80 − 20); blocked 2 × 20
+    assert (host["span_us"], host["host_work_us"], host["sync_wait_us"]) == (180.0, 120.0, 40.0)
+    assert "no GPU activity in trace" in result.output.splitlines()[-1]

@@ -184,3 +184,14 @@ def test_no_gpu_ops_gives_absent_metrics(tmp_path, trace_builder):
     assert not ta.has_gpu and ta.gpu_idle_pct is None
     assert ta.absent["gpu_idle_pct"] == "no GPU activity in trace"
     assert ta.doc["metrics"] == {}
+
+
+def test_gap_table_sums_to_idle_in_both_windows(tmp_path, trace_builder):
+    ta = analyze(_annotated(trace_builder()).write(tmp_path / "t.json.gz"))
+    m = ta.doc["metrics"]
+    kernel = ta.gaps[ta.gaps["window"] == "kernel"]
+    assert kernel["duration_us"].sum() == pytest.approx(m["window_us"]["kernel"] - m["gpu_busy_us"]["kernel"])
+    in_step = ta.gaps[ta.gaps["in_step_window"]]
+    assert in_step["duration_us"].sum() == pytest.approx(m["window_us"]["step"] - m["gpu_busy_us"]["step"])
+    # the kernel-window gap 60-130 is cut at the step window's start (100): listed once more, clipped
+    assert ta.gaps[ta.gaps["window"] == "step"][["start_us", "end_us"]].values.tolist() == [[100.0, 130.0]]
