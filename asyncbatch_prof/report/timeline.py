@@ -153,7 +153,10 @@ def timeline_figure(analysis, origin_us: float, origin_label: str = "the first G
     if len(ops):
         traces += _gpu_summary_lanes(ops, gaps, lane, origin_us, span)
     fig = go.Figure(traces)
-    fig.update_layout(base_layout(f"Timeline: {sl.label}; drag to zoom", height=90 + 30 * len(ticks)))
+    height = 130 + 30 * len(ticks)
+    fig.update_layout(base_layout(f"Timeline: {sl.label}; drag to zoom", height=height))
+    # the legend sits a fixed number of pixels under the axis title, whatever the number of lanes
+    fig.update_layout(margin={"b": 90}, legend={"yanchor": "top", "y": -62 / (height - 40 - 90)})
     fig.update_yaxes(tickvals=[-(i + 1) for i in range(len(ticks))], ticktext=ticks, range=[-len(ticks) - 0.7, -0.3],
                      fixedrange=True, showgrid=False)
     fig.update_xaxes(title_text=f"ms since {origin_label}", range=[(sl.start_us - origin_us) / 1e3,

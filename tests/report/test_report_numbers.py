@@ -92,3 +92,25 @@ def test_report_throttled_run_is_flagged(runs):
     doc["metrics"]["clock_throttled"] = True
     doc_path.write_text(json.dumps(doc))
     assert "clocks throttled during this run" in write_report(runs["sync"]).read_text()
+
+
+def test_comparison_table_shows_each_runs_metrics_json_numbers(runs, tmp_path):
+    from asyncbatch_prof.report import write_comparison
+    from asyncbatch_prof.report.compare import COMPARED
+
+    html = write_comparison([runs["sync"], runs["async"]], tmp_path / "compare.html").read_text()
+    table = html[html.index('<table class="deltas">'):html.index("</table>")]
+    rows = re.findall(r"<tr>(.*?)</tr>", table)[1:]
+    assert len(rows) == len(COMPARED)
+    docs = [json.loads((runs[n] / "metrics.json").read_text()) for n in ("sync", "async")]
+    for (metric, _), row in zip(COMPARED, rows):
+        cells = re.findall(r"<td[^>]*>(.*?)</td>", row)[1:]
+        values = re.findall(r'data-metric="([^"]+)" data-value="([^"]+)"', row)
+        for doc, cell in zip(docs, cells):
+            value, _ = lookup(doc, metric)
+            if value is None:
+                assert cell == "absent", metric
+            else:
+                assert (metric, repr(value)) in values
+    assert re.search(r'data-value="24.137">24.1% </td>|data-value="24.137">24.1%</td>', table)
+    assert '1.8% <span class="better">-22.3 points</span>' in table
