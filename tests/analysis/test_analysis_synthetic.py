@@ -195,3 +195,24 @@ def test_gap_table_sums_to_idle_in_both_windows(tmp_path, trace_builder):
     assert in_step["duration_us"].sum() == pytest.approx(m["window_us"]["step"] - m["gpu_busy_us"]["step"])
     # the kernel-window gap 60-130 is cut at the step window's start (100): listed once more, clipped
     assert ta.gaps[ta.gaps["window"] == "step"][["start_us", "end_us"]].values.tolist() == [[100.0, 130.0]]
+
+
+def test_profiler_step_ranges_do_not_change_the_numbers(tmp_path, trace_builder):
+    plain = analyze(_annotated(trace_builder()).write(tmp_path / "plain.json.gz"))
+    tb = _annotated(trace_builder())
+    for i, start in enumerate((0, 100, 200)):  # what prof.step() adds when a schedule is used
+        tb.cpu(f"ProfilerStep#{i + 3}", start, 100, cat="user_annotation")
+    scheduled = analyze(tb.write(tmp_path / "scheduled.json.gz"))
+    assert scheduled.doc["metrics"] == plain.doc["metrics"]
+    assert scheduled.phases.equals(plain.phases)
+
+
+def test_headline_device_is_the_busiest(tmp_path, trace_builder):
+    tb = trace_builder()
+    tb.launch(0, 1, [(10, 10)], device=0)  # device 0: busy 10 of its 10 µs window
+    tb.launch(1, 1, [(10, 20), (40, 20)], device=1, name="cudaGraphLaunch")  # device 1: busy 40 of 50
+    ta = analyze(tb.write(tmp_path / "t.json.gz"))
+    assert ta.device == 1 and ta.gpu_idle_pct == pytest.approx(20.0)
+    assert ta.doc["trace"]["devices"] == [0, 1]
+    assert ta.doc["devices"]["0"]["kernel"]["metrics"]["gpu_idle_pct"] == 0.0
+    assert set(ta.gpu_ops["device"]) == {0, 1}
