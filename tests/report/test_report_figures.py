@@ -80,3 +80,19 @@ def test_report_idle_by_cause_lumps_small_phases_and_keeps_the_sum():
     assert names[5:] == ["host-bound: 5 other phases", "idle: launch latency"]
     assert sum(t.x[0] for t in fig.data[:6]) == 55.0
     assert idle_by_cause_figure({"metrics": {}, "absent": {"host_bound_pct": "no GPU"}}, phases) is None
+
+
+def test_report_of_100k_kernels_stays_under_10_mb(tmp_path):
+    from report_synthetic import write_run
+
+    from asyncbatch_prof.report.page import plotly_js
+    from asyncbatch_prof.report.run_report import render_report
+    from asyncbatch_prof.report.run_view import load_run
+
+    run_dir, small = write_run(tmp_path / "run", num_steps=2, kernels_per_step=2)
+    big = synthetic_analysis(plan(num_steps=500, kernels_per_step=200), small.doc)
+    assert len(big.gpu_ops) == 100_000 and len(big.gaps) > 50_000
+    html = render_report(load_run(run_dir, analysis=big))
+    assert len(html.encode()) < 10 * 1024 * 1024
+    assert html.count(plotly_js()) == 1
+    assert len(html) - len(plotly_js()) < 1.5e6  # all but plotly.js: the timeline thinned, histograms binned
