@@ -31,9 +31,9 @@ def _print_table(views, warning: str | None) -> None:
 
     from asyncbatch_prof.analysis.contract import lookup
     from asyncbatch_prof.report.cards import format_value
-    from asyncbatch_prof.report.compare import COMPARED, _names, delta
+    from asyncbatch_prof.report.compare import COMPARED, delta, run_names
 
-    names = _names(views)
+    names = run_names(views)
     table = Table(title=f"abprof compare (deltas against {names[0]})", title_justify="left")
     table.add_column("metric")
     for name in names:

@@ -111,7 +111,8 @@ def load_comparison(run_dirs: Sequence[Path], force: bool = False,
     return [load_run(d, a) for (d, _), a in zip(runs, analyses)], warning
 
 
-def _names(views: Sequence[RunView]) -> list[str]:
+def run_names(views: Sequence[RunView]) -> list[str]:
+    """Column names: the run folders' names, with their parents' where two are the same."""
     names = [v.run_dir.name for v in views]
     if len(set(names)) < len(names):
         names = [f"{v.run_dir.parent.name}/{v.run_dir.name}" for v in views]
@@ -141,7 +142,7 @@ def _delta_table(views: Sequence[RunView], names: list[str]) -> str:
 
 def render_comparison(views: Sequence[RunView], warning: str | None = None) -> str:
     """The comparison page: deltas against the first run, then each figure with the runs side by side."""
-    names = _names(views)
+    names = run_names(views)
     page = Page("abprof compare · " + " vs ".join(names))
     page.add(f"<h1>abprof compare · {html.escape(' vs '.join(names))}</h1>"
              f'<p class="sub">deltas against {html.escape(names[0])}; shares change in percentage points</p>')
