@@ -216,3 +216,20 @@ def test_headline_device_is_the_busiest(tmp_path, trace_builder):
     assert ta.doc["trace"]["devices"] == [0, 1]
     assert ta.doc["devices"]["0"]["kernel"]["metrics"]["gpu_idle_pct"] == 0.0
     assert set(ta.gpu_ops["device"]) == {0, 1}
+
+
+def test_layouts_that_defeat_chunking_give_the_same_numbers(tmp_path, trace_builder):
+    import json
+
+    reference = analyze(_three_gaps(trace_builder()).write(tmp_path / "ref.json.gz")).doc["metrics"]
+    compact = tmp_path / "compact.json"
+    compact.write_text(json.dumps(_three_gaps(trace_builder()).doc(), separators=(",", ":")))
+    assert analyze(compact).doc["metrics"] == reference
+    tb = _three_gaps(trace_builder())
+    tb.events[0]["args"]["nested"] = [{"a": 1}, {"b": 2}]  # a "},{" inside an event: the whole-file parse is used
+    nested = tmp_path / "nested.json"
+    nested.write_text(json.dumps(tb.doc(), indent=2))
+    assert analyze(nested).doc["metrics"] == reference
+    bare = tmp_path / "bare.json"  # the bare-array form of the Chrome trace format
+    bare.write_text(json.dumps(_three_gaps(trace_builder()).doc()["traceEvents"]))
+    assert analyze(bare).doc["metrics"] == reference
