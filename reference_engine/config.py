@@ -43,6 +43,9 @@ class EngineConfig:
     seed: int = 0
     enable_eos: bool = False
     max_model_len: int | None = None  # None: the model's max_position_embeddings
+    # Steps mixing decodes and prefill chunks run as two forward batches, on two CUDA streams (decode
+    # through a CUDA graph where one fits), so their kernels can overlap. Same tokens; CPU: in turn.
+    split_prefill_decode: bool = False
 
     def __post_init__(self) -> None:
         problems = []
@@ -73,6 +76,8 @@ class EngineConfig:
             problems.append(f"kv_cache_memory_gb must be None or > 0, got {self.kv_cache_memory_gb!r}")
         if self.max_model_len is not None and (not isinstance(self.max_model_len, int) or self.max_model_len < 2):
             problems.append(f"max_model_len must be None or an integer >= 2, got {self.max_model_len!r}")
+        if not isinstance(self.split_prefill_decode, bool):
+            problems.append(f"split_prefill_decode must be a bool, got {self.split_prefill_decode!r}")
         if not isinstance(self.seed, int):
             problems.append(f"seed must be an integer, got {self.seed!r}")
         if problems:

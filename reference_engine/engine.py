@@ -60,12 +60,15 @@ class LLMEngine:
         self.runner = ModelRunner(model, self.kv_cache, max_batch_tokens=cfg.max_batch_tokens,
                                   max_seqs=cfg.max_seqs, block_size=cfg.block_size,
                                   max_model_len=self.max_model_len, device=device, cuda_graphs=graphs,
-                                  worker_thread=cfg.mode == "async")
+                                  worker_thread=cfg.mode == "async", split_prefill_decode=cfg.split_prefill_decode)
         self.cuda_graphs = bool(self.runner.graphs)
         self.notes: list[str] = []  # facts a report should mention
         if device.type == "cpu":
             self.notes.append("running on the CPU" + (": the async loop's device work runs on a worker thread"
                                                       if cfg.mode == "async" else ""))
+        if cfg.split_prefill_decode and device.type == "cpu":
+            self.notes.append("split_prefill_decode on the CPU: a mixed step's decode and prefill batches run "
+                              "one after the other (no second stream)")
         if graphs and not self.cuda_graphs:
             self.notes.append("CUDA graphs off: Triton is not available, and the reference attention "
                               "cannot be captured")
@@ -146,6 +149,7 @@ class LLMEngine:
             "kv_cache_gb": self.kv_cache.numel() * self.kv_cache.element_size() / 1e9,
             "cuda_graphs": self.cuda_graphs, "graph_batch_sizes": list(self.runner.graph_sizes),
             "attention_backend": "triton" if (self.device.type == "cuda" and _triton_backend()) else "torch",
+            "split_prefill_decode": cfg.split_prefill_decode,
             "seed": cfg.seed, "enable_eos": cfg.enable_eos, "eos_token_id": self.eos_token_id,
         }
 
