@@ -27,7 +27,7 @@ def analyze(
     trace: Annotated[Path, typer.Argument(help="torch.profiler trace (.json or .json.gz).", show_default=False)],
     out: Annotated[
         Optional[Path],
-        typer.Option("--out", "-o", help="Folder for metrics.json [default: beside the trace].", show_default=False),
+        typer.Option("--out", "-o", help="Folder for metrics.json (default: beside the trace).", show_default=False),
     ] = None,
     threshold_us: Annotated[
         float, typer.Option("--threshold-us", help="Gaps shorter than this (µs) with the next op already launched "
