@@ -21,10 +21,11 @@ def git_commit(path: Path | None = None) -> str | None:
     """The commit of the git checkout abprof runs from (with ``-dirty`` when it has changes), or None."""
     where = Path(path or Path(__file__).resolve().parent)
     try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True,
-                                timeout=5).stdout.strip()
-        if not commit:
-            return None
+        proc = subprocess.run(["git", "rev-parse", "--verify", "HEAD"], cwd=where, capture_output=True, text=True,
+                              timeout=5)
+        commit = proc.stdout.strip()
+        if proc.returncode != 0 or not all(c in "0123456789abcdef" for c in commit) or not commit:
+            return None  # not a checkout, or one without commits
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
                                capture_output=True, text=True, timeout=5).stdout.strip()
     except (OSError, subprocess.SubprocessError):

@@ -15,9 +15,9 @@ from asyncbatch_prof.capture.runner import ENGINES, RunSpec, timestamp
 from asyncbatch_prof.errors import AbprofError
 
 MODES = ("sync", "async", "both")
-CUDA_DEFAULTS = dict(model="llama-1b", requests=256, prompt_len="uniform:128:1024", output_len="fixed:256",
-                     window=(32, 128))
-CPU_DEFAULTS = dict(model="tiny", requests=16, prompt_len="uniform:16:64", output_len="fixed:16", window=(2, 32))
+CUDA_DEFAULTS = dict(model="llama-1b", requests=256, prompt_len="uniform:128:1024", output_len="fixed:256")
+CPU_DEFAULTS = dict(model="tiny", requests=16, prompt_len="uniform:16:64", output_len="fixed:16")
+DEFAULT_ACTIVE = 64  # steps recorded by default: enough for percentiles, a trace of a few MB
 ALL_STEPS = 10**9  # "all": a window longer than any run
 
 
@@ -38,7 +38,6 @@ class RunOptions:
     max_seqs: int = 256
     block_size: int = 16
     cuda_graphs: bool | None = None
-    split_prefill_decode: bool = False
     profile_steps: str | None = None
     warmup_steps: int = 2
     engine_warmup_steps: int = 8
@@ -59,6 +58,26 @@ class RunPlan:
     runs: list[tuple[str, RunSpec, Path]] = field(default_factory=list)
     compare_path: Path | None = None
     notes: list[str] = field(default_factory=list)
+
+
+def estimate_steps(workload: dict, max_batch_tokens: int, max_seqs: int) -> tuple[int, int]:
+    """Rough ``(prefill_steps, total_steps)`` of an offline run: prompts share each step's token budget
+    with the running decodes, then the longest output finishes alone."""
+    from asyncbatch_prof.capture.engines import make_requests
+
+    requests = make_requests(workload, vocab_size=2**31 - 1)  # lengths do not depend on the vocabulary
+    running = min(max_seqs, len(requests))
+    prompt_tokens = sum(r.prompt_len for r in requests)
+    prefill = -(-prompt_tokens // max(1, max_batch_tokens - running))
+    return prefill, prefill + max(r.max_new_tokens for r in requests)
+
+
+def default_window(workload: dict, max_batch_tokens: int, max_seqs: int, warmup: int) -> tuple[int, int]:
+    """``(first, active)``: a window a quarter into the decode-dominated part of the run, where the
+    steady-state bubble is (prefill-heavy steps run outside CUDA graphs and cost the profiler most)."""
+    prefill, total = estimate_steps(workload, max_batch_tokens, max_seqs)
+    first = max(warmup, prefill + (total - prefill) // 4)
+    return first, max(1, min(DEFAULT_ACTIVE, total - first - 1))
 
 
 def parse_window(text: str | None, default: tuple[int, int], warmup: int) -> ProfileWindow:
@@ -112,8 +131,6 @@ def plan_runs(opts: RunOptions, command: list[str] | None = None) -> RunPlan:
             raise AbprofError("transformers' async batching needs a CUDA device; use --mode sync on the CPU")
         if opts.arrival_rate is not None:
             raise AbprofError("--arrival-rate is not supported with --engine transformers (offline workloads only)")
-    if opts.split_prefill_decode and opts.engine != "reference":
-        raise AbprofError("--split-prefill-decode is an option of the reference engine")
     if opts.cuda_graphs and not cuda:
         raise AbprofError("--cuda-graphs needs a CUDA device")
     if opts.requests is not None and opts.requests < 1:
@@ -124,17 +141,17 @@ def plan_runs(opts: RunOptions, command: list[str] | None = None) -> RunPlan:
         raise AbprofError(f"--engine-warmup-steps must be >= 0, got {opts.engine_warmup_steps}")
     if opts.workload_jsonl is not None and not Path(opts.workload_jsonl).is_file():
         raise AbprofError(f"--workload-jsonl: file not found: {opts.workload_jsonl}")
-    window = parse_window(opts.profile_steps, defaults["window"], opts.warmup_steps)
     workload = dict(num_requests=opts.requests if opts.requests is not None else
                     (0 if opts.workload_jsonl else defaults["requests"]),
                     prompt_len=opts.prompt_len or defaults["prompt_len"],
                     output_len=opts.output_len or defaults["output_len"], arrival_rate=opts.arrival_rate,
                     seed=opts.seed, jsonl=str(opts.workload_jsonl) if opts.workload_jsonl else None)
     workload = workload_config(workload).to_dict()  # validates the distributions
+    window = parse_window(opts.profile_steps,
+                          default_window(workload, opts.max_batch_tokens, opts.max_seqs, opts.warmup_steps),
+                          opts.warmup_steps)
     engine = dict(model=opts.model or defaults["model"], max_batch_tokens=opts.max_batch_tokens,
                   max_seqs=opts.max_seqs, block_size=opts.block_size, cuda_graphs=opts.cuda_graphs, seed=opts.seed)
-    if opts.split_prefill_decode:  # only when asked: the transformers engine's config has no such field
-        engine["split_prefill_decode"] = True
     base = RunSpec(mode="sync", engine=opts.engine, engine_config=engine, workload=workload, window=window,
                    engine_warmup_steps=opts.engine_warmup_steps, warmup_runs=opts.warmup_runs,
                    with_stack=opts.with_stack, measure_overhead=opts.measure_overhead, nvml=opts.nvml, notes=list(notes))
@@ -167,8 +184,7 @@ def reproduce_command(opts: RunOptions, mode: str, out: Path) -> list[str]:
             "--engine-warmup-steps", str(opts.engine_warmup_steps), "--warmup-runs", str(opts.warmup_runs)]
     if opts.cuda_graphs is not None:
         cmd.append("--cuda-graphs" if opts.cuda_graphs else "--no-cuda-graphs")
-    cmd += [f for f, on in (("--split-prefill-decode", opts.split_prefill_decode),
-                            ("--with-stack", opts.with_stack), ("--measure-overhead", opts.measure_overhead),
+    cmd += [f for f, on in (("--with-stack", opts.with_stack), ("--measure-overhead", opts.measure_overhead),
                             ("--no-nvml", not opts.nvml)) if on]
     return cmd + ["--out", str(out)]
 
