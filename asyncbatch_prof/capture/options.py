@@ -38,6 +38,7 @@ class RunOptions:
     max_seqs: int = 256
     block_size: int = 16
     cuda_graphs: bool | None = None
+    split_prefill_decode: bool = False
     profile_steps: str | None = None
     warmup_steps: int = 2
     engine_warmup_steps: int = 8
@@ -131,6 +132,8 @@ def plan_runs(opts: RunOptions, command: list[str] | None = None) -> RunPlan:
             raise AbprofError("transformers' async batching needs a CUDA device; use --mode sync on the CPU")
         if opts.arrival_rate is not None:
             raise AbprofError("--arrival-rate is not supported with --engine transformers (offline workloads only)")
+    if opts.split_prefill_decode and opts.engine != "reference":
+        raise AbprofError("--split-prefill-decode is an option of the reference engine")
     if opts.cuda_graphs and not cuda:
         raise AbprofError("--cuda-graphs needs a CUDA device")
     if opts.requests is not None and opts.requests < 1:
@@ -152,6 +155,8 @@ def plan_runs(opts: RunOptions, command: list[str] | None = None) -> RunPlan:
                           opts.warmup_steps)
     engine = dict(model=opts.model or defaults["model"], max_batch_tokens=opts.max_batch_tokens,
                   max_seqs=opts.max_seqs, block_size=opts.block_size, cuda_graphs=opts.cuda_graphs, seed=opts.seed)
+    if opts.split_prefill_decode:  # only when asked: the transformers engine's config has no such field
+        engine["split_prefill_decode"] = True
     base = RunSpec(mode="sync", engine=opts.engine, engine_config=engine, workload=workload, window=window,
                    engine_warmup_steps=opts.engine_warmup_steps, warmup_runs=opts.warmup_runs,
                    with_stack=opts.with_stack, measure_overhead=opts.measure_overhead, nvml=opts.nvml, notes=list(notes))
@@ -184,7 +189,8 @@ def reproduce_command(opts: RunOptions, mode: str, out: Path) -> list[str]:
             "--engine-warmup-steps", str(opts.engine_warmup_steps), "--warmup-runs", str(opts.warmup_runs)]
     if opts.cuda_graphs is not None:
         cmd.append("--cuda-graphs" if opts.cuda_graphs else "--no-cuda-graphs")
-    cmd += [f for f, on in (("--with-stack", opts.with_stack), ("--measure-overhead", opts.measure_overhead),
+    cmd += [f for f, on in (("--split-prefill-decode", opts.split_prefill_decode),
+                            ("--with-stack", opts.with_stack), ("--measure-overhead", opts.measure_overhead),
                             ("--no-nvml", not opts.nvml)) if on]
     return cmd + ["--out", str(out)]
 

@@ -52,6 +52,9 @@ def run(
     max_batch_tokens: Annotated[int, typer.Option(help="Token budget of one step.", rich_help_panel=_E)] = 2048,
     max_seqs: Annotated[int, typer.Option(help="Sequences in one step at most.", rich_help_panel=_E)] = 256,
     block_size: Annotated[int, typer.Option(help="KV cache block size, tokens.", rich_help_panel=_E)] = 16,
+    split_prefill_decode: Annotated[bool, typer.Option(
+        "--split-prefill-decode", help="Reference engine: run a step's decodes and prefill chunks as two "
+        "batches on two CUDA streams, so their kernels overlap (same tokens).", rich_help_panel=_E)] = False,
     cuda_graphs: Annotated[Optional[bool], typer.Option(
         "--cuda-graphs/--no-cuda-graphs", help="Decode under CUDA graphs. Default: on with CUDA.",
         show_default=False, rich_help_panel=_E)] = None,
@@ -92,7 +95,8 @@ def run(
         opts = RunOptions(mode=mode, engine=engine, model=model, requests=requests, prompt_len=prompt_len,
                           output_len=output_len, arrival_rate=arrival_rate, seed=seed,
                           workload_jsonl=workload_jsonl, max_batch_tokens=max_batch_tokens, max_seqs=max_seqs,
-                          block_size=block_size, cuda_graphs=cuda_graphs, profile_steps=profile_steps,
+                          block_size=block_size, cuda_graphs=cuda_graphs,
+                          split_prefill_decode=split_prefill_decode, profile_steps=profile_steps,
                           warmup_steps=warmup_steps, engine_warmup_steps=engine_warmup_steps,
                           warmup_runs=warmup_runs, with_stack=with_stack, measure_overhead=measure_overhead,
                           nvml=nvml, out=out)
