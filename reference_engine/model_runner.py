@@ -337,7 +337,7 @@ class ModelRunner:
                 self.ev_sampled.record(self.compute_stream)
             with torch.cuda.stream(self.d2h_stream):
                 self.d2h_stream.wait_event(self.ev_sampled)
-                self.host_out[k][:plan.num_samples].copy_(tokens, non_blocking=True)
+                self.host_out[k][:plan.total_samples].copy_(tokens, non_blocking=True)
                 self.ev_d2h[k].record(self.d2h_stream)
         return StepHandle(plan, self.ev_d2h[k], tokens)
 
