@@ -1,32 +1,63 @@
 #!/usr/bin/env bash
-# One device call: install abprof on the GPU machine (torch 2.11 there; plotly/orjson carried as wheels in
-# .whl/), then run the given steps, and pack everything they wrote into $OUT/results.tgz (the device tool
-# brings back at most 8 files).  Usage (through the device tool, carry [".whl"]):
-#   bash benchmarks/h100_session.sh tests both headline-standard ...
+# Device session driver: install abprof on the GPU machine (torch 2.11 there; plotly/orjson carried as
+# wheels in .whl/), run the given steps in the background, and bring back what they wrote.
+#
+# A device command may run 10 minutes and the machine stays warm 30 s between commands, so the steps run
+# in a detached process session and each command waits for them (up to N seconds) and packs what exists:
+#   bash benchmarks/h100_session.sh start 560 tests both headline-reference ...   # first command
+#   bash benchmarks/h100_session.sh collect 570                                   # the next ones
+# Every collect writes one .tgz per step folder under $OUT (the device tool brings back at most 8 files,
+# 16 MiB each) plus session.log; a folder's tarball is complete once session.log says the step ended.
 set -uo pipefail
 export PYTHONUNBUFFERED=1
 W=${W:-/tmp/abprof-h100}
 mkdir -p "$W"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-  && export PYTHONPATH=/tmp/site
-python3 -m pip install -q --no-deps -e . >/dev/null 2>&1 || { echo "project install failed"; exit 1; }
-{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-  python3 -c 'import torch, transformers, triton; print("torch", torch.__version__, "cuda", torch.version.cuda, "transformers", transformers.__version__, "triton", triton.__version__)'
-  git rev-parse HEAD 2>/dev/null; date -u; } > "$W/environment.txt" 2>&1
-cat "$W/environment.txt"
+
+install() {
+  [ -n "${SKIP_WHEELS:-}" ] || python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || { echo "wheel install failed"; exit 1; }
+  # the device cannot download: build with the setuptools already installed there
+  python3 -m pip install -q --no-deps --no-build-isolation -e . > "$W/install.log" 2>&1 \
+    || { cat "$W/install.log"; echo "project install failed"; exit 1; }
+}
+export PYTHONPATH=/tmp/site
 
 step() { local name=$1; shift; local t0=$SECONDS
-  echo "=== $name: $*"; "$@" > "$W/$name.log" 2>&1; local rc=$?
-  echo "=== $name: exit $rc in $((SECONDS - t0)) s"; tail -n 25 "$W/$name.log"; }
+  echo "=== $name: $* ($(date -u +%T))"; mkdir -p "$W/$name"; "$@" > "$W/$name/$name.log" 2>&1; local rc=$?
+  echo "=== $name: exit $rc in $((SECONDS - t0)) s"; tail -n 30 "$W/$name/$name.log"; }
 
-for s in "$@"; do case $s in
-  tests) step tests python3 -m pytest -q -m cuda tests/engine tests/test_split_prefill_decode.py -x ;;
-  kernels) step kernels python3 -m pytest -q -m cuda tests/kernels -x ;;
-  both) step both abprof run --out "$W/both" ;;
-  headline-reference) step headline-reference python3 benchmarks/headline.py --out "$W/headline" --engines reference --only standard small-batch large-batch ;;
-  headline-transformers) step headline-transformers python3 benchmarks/headline.py --out "$W/headline" --engines transformers --only standard --timeout 240 ;;
-  split) step split abprof run --mode async --out "$W/split-async" --split-prefill-decode ;;
-  engine-speed) step engine-speed python3 benchmarks/engine_speed.py --out "$W/engine-speed" ;;
-  *) echo "unknown step $s" ;;
-esac; done
-tar czf "$OUT/results.tgz" -C "$W" . && ls -la "$OUT"
+run_steps() {
+  { nvidia-smi --query-gpu=name,driver_version,memory.total,power.limit --format=csv,noheader
+    python3 -c 'import sys, torch, transformers, triton; print("python", sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda, "transformers", transformers.__version__, "triton", triton.__version__)'
+    git rev-parse HEAD 2>/dev/null; date -u; } > "$W/environment.txt" 2>&1
+  cat "$W/environment.txt"
+  for s in "$@"; do case $s in
+    tests) step tests python3 -m pytest -q -m cuda tests/engine -x ;;
+    kernels) step kernels python3 -m pytest -q -m cuda tests/kernels -x ;;
+    both) step both abprof run --out "$W/both/run" ;;
+    split) step split abprof run --mode async --split-prefill-decode --out "$W/split/run" ;;
+    headline-reference) step headline-reference python3 benchmarks/headline.py --out "$W/headline-reference" \
+        --engines reference --only standard small-batch large-batch ;;
+    headline-transformers) step headline-transformers python3 benchmarks/headline.py --out "$W/headline-transformers" \
+        --engines transformers --only standard --timeout 280 ;;
+    engine-speed) step engine-speed python3 benchmarks/engine_speed.py --out "$W/engine-speed" --budget-s 420 ;;
+    *) echo "unknown step $s" ;;
+  esac; done
+  touch "$W/DONE"
+}
+
+collect() { local limit=$1 t0=$SECONDS
+  while [ ! -e "$W/DONE" ] && [ $((SECONDS - t0)) -lt "$limit" ]; do sleep 5; done
+  [ -e "$W/DONE" ] && echo "all steps ended" || echo "steps still running after ${limit} s"
+  cp "$W/session.log" "$OUT/session.log" 2>/dev/null; cat "$W/session.log"
+  for d in "$W"/*/; do local n; n=$(basename "$d"); tar czf "$OUT/$n.tgz" -C "$W" "$n"; done
+  cp "$W/environment.txt" "$OUT/" 2>/dev/null; ls -la "$OUT"; }
+
+case ${1:-} in
+  start) limit=$2; shift 2; install; rm -f "$W/DONE"
+    setsid nohup bash "$0" _steps "$@" > "$W/session.log" 2>&1 < /dev/null &
+    collect "$limit" ;;
+  _steps) shift; run_steps "$@" ;;
+  collect) collect "$2" ;;
+  *) echo "usage: $0 start SECONDS STEP... | collect SECONDS"; exit 2 ;;
+esac
