@@ -81,6 +81,11 @@ def build_hf_model(cfg, device: torch.device, dtype: torch.dtype):
     return hf.eval()
 
 
+CUDNN_NOTE = ("SDPA's cuDNN backend is disabled for transformers (torch.backends.cuda.enable_cudnn_sdp(False)): "
+              "with torch 2.11+cu130 on an H100 it fails mid-run in transformers' paged SDPA; SDPA picks its "
+              "flash or memory-efficient kernels instead")
+
+
 class TransformersCBEngine:
     """transformers' continuous batching (sync or async loop) with the reference engine's interface."""
 
@@ -97,6 +102,11 @@ class TransformersCBEngine:
         self.vocab_size = self.model.config.vocab_size
         self.manager = None
         self.notes: list[str] = []
+        if self.device.type == "cuda" and torch.backends.cuda.cudnn_sdp_enabled():
+            # On the H100 with torch 2.11+cu130, SDPA's cuDNN backend fails inside transformers' paged SDPA
+            # ("mha_graph.execute(...).is_good()") part way through a run, and every request errors out.
+            torch.backends.cuda.enable_cudnn_sdp(False)
+            self.notes.append(CUDNN_NOTE)
         self._lock = threading.Lock()
 
     # ---- configuration ---------------------------------------------------------------------------
@@ -158,6 +168,11 @@ class TransformersCBEngine:
         finally:
             type(manager)._generation_step = original
         records = [_record(r, results.get(rid), t0) for r, rid in zip(requests, self._ids)]
+        failed = [r for r in records if r.finish_reason == "rejected"]
+        if failed:  # transformers' loop reports its exceptions per request; a run that lost requests is not a run
+            reason = (failed[0].rejected_reason or "").strip().splitlines()
+            raise RuntimeError(f"transformers' continuous batching failed {len(failed)} of {len(records)} "
+                               f"requests: {reason[0] if reason else 'no reason given'}")
         return GenerateResult(records, wall, sum(len(r.output_token_ids) for r in records), steps["n"],
                               start_epoch_ns)
 

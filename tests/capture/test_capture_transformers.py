@@ -71,3 +71,30 @@ def test_capture_transformers_async_needs_cuda(tmp_path, cli, monkeypatch):
     assert result.exit_code == 2
     assert result.output.strip() == ("abprof: error: transformers' async batching needs a CUDA device; "
                                      "use --mode sync on the CPU")
+
+
+def test_capture_transformers_loop_failure_is_one_line(tmp_path, cli, no_nvml, monkeypatch):
+    """An exception in transformers' loop (it reports it per request) fails the run in one line, no run folder."""
+    from transformers import LlamaForCausalLM
+
+    original = LlamaForCausalLM.forward
+    calls = {"n": 0}
+
+    def failing_forward(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] > 3:  # after warmup and a few steps, like the cuDNN failure seen on the H100
+            raise RuntimeError("Expected mha_graph.execute(handle).is_good() to be true, but got false.\nmore")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(LlamaForCausalLM, "forward", failing_forward)
+    out = tmp_path / "hf"
+    result = cli("run", "--engine", "transformers", "--mode", "sync", "--out", out, "--requests", "4",
+                 "--prompt-len", "uniform:8:24", "--output-len", "fixed:5", "--max-batch-tokens", "64",
+                 "--profile-steps", "2:4", "--warmup-steps", "1")
+    assert result.exit_code != 0
+    errors = [line for line in result.output.splitlines() if line.startswith("abprof: error:")]
+    assert len(errors) == 1, result.output
+    assert "transformers' continuous batching failed 4 of 4 requests: Expected mha_graph" in errors[0]
+    assert "\nmore" not in result.output and "Traceback" not in result.output
+    with pytest.raises(Exception):
+        rf.check_complete(out)
