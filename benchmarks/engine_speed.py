@@ -18,6 +18,7 @@ import argparse
 import datetime
 import importlib.metadata
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -287,7 +288,7 @@ def run_part(args) -> None:
     cfg = PRESETS["dry" if args.dry_run else "full"]
     parts = Path(args.out) / "engine-speed-parts"
     parts.mkdir(parents=True, exist_ok=True)
-    if args.part == "decode":
+    if args.part.startswith("decode"):  # decode-unfused: the same, run with REFERENCE_ENGINE_FUSED=0
         doc = decode_part(cfg, args.dry_run)
     else:
         engine, mode = args.part.split("-")
@@ -305,7 +306,8 @@ def spawn(args, part: str, out: Path, timeout: float) -> dict:
     if timeout < 10:
         return {"status": "skipped", "reason": f"only {timeout:.0f} s of the --budget-s left", "seconds": 0.0}
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        env = dict(os.environ, REFERENCE_ENGINE_FUSED="0") if part == "decode-unfused" else None
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
         rc, text = proc.returncode, proc.stdout + proc.stderr
         status = "ok" if rc == 0 else "failed"
     except subprocess.TimeoutExpired as exc:
@@ -359,6 +361,13 @@ def assemble(runs: dict, out: Path, env: dict, command: str) -> dict:
         doc["engine_decode"], env["cuda"], env["device_name"] = dec["engine"], dec["cuda"], dec["device_name"]
     else:
         absent["decode"] = runs["decode"]["reason"]
+    unfused = runs.get("decode-unfused", {}).get("result")
+    if unfused and dec:
+        plain = {(r["batch"], r["ctx"]): r["step_ms"] for r in unfused["decode"]}
+        for r in doc["decode"]:
+            r["unfused_step_ms"] = plain.get((r["batch"], r["ctx"]))
+    elif "decode-unfused" in runs:
+        absent["decode[].unfused_step_ms"] = runs["decode-unfused"].get("reason", "the decode part failed")
     wl, host = {}, []
     for engine, mode in RUNS:
         name = f"{engine}-{mode}"
@@ -428,13 +437,16 @@ def markdown(doc: dict) -> str:
                   "head; the step's input copies and greedy sampling run outside it and are not in these times "
                   "(the host/GPU table below times the whole device step).", "",
                   "| batch | ctx | step ms (p10-p90) | weights GB | K/V GB | roofline ms | fraction | "
-                  "roofline ms @datasheet | graph vs eager rel err |", "|---|---|---|---|---|---|---|---|---|"]
+                  "roofline ms @datasheet | graph vs eager rel err | step ms, plain-torch elementwise |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for r in doc["decode"]:
             lines.append(f"| {r['batch']} | {r['ctx']} | {r['step_ms']:.3f} ({r['step_ms_p10']:.3f}-"
                          f"{r['step_ms_p90']:.3f}) | {r['weight_bytes'] / 1e9:.3f} | {r['kv_bytes'] / 1e9:.3f} | "
                          f"{r['roofline_ms']:.3f} | {r['fraction']:.2f} | {r['roofline_datasheet_ms']:.3f} | "
-                         f"{fmt(r['graph_vs_eager_rel_err'], '.1e')} |")
-        lines.append("")
+                         f"{fmt(r['graph_vs_eager_rel_err'], '.1e')} | {fmt(r.get('unfused_step_ms'), '.3f')} |")
+        lines += ["", "Last column: the same step with the per-layer elementwise work (RMSNorm, residual adds, "
+                  "rotary embedding, SwiGLU activation) in plain torch instead of the fused Triton kernels "
+                  "(`REFERENCE_ENGINE_FUSED=0`, its own process, same run).", ""]
     wl = doc["workload"]
     lines += ["## Standard workload, each engine and mode in its own process", "",
               "| engine | mode | status | output tok/s | wall s | steps | process s |", "|---|---|---|---|---|---|---|"]
@@ -479,7 +491,7 @@ def orchestrate(args) -> None:
     command = " ".join(["python3", "benchmarks/engine_speed.py"] + sys.argv[1:])
     deadline = time.perf_counter() + args.budget_s
     runs = {}
-    for part in ["decode"] + [f"{e}-{m}" for e, m in RUNS]:
+    for part in ["decode"] + [f"{e}-{m}" for e, m in RUNS] + ["decode-unfused"]:
         if part.startswith("transformers") and args.skip_transformers:
             runs[part] = {"status": "skipped", "reason": "--skip-transformers", "seconds": 0.0}
             continue
@@ -499,7 +511,7 @@ def main(argv=None) -> None:
     p.add_argument("--dry-run", action="store_true", help="CPU, tiny preset, small workload (seconds)")
     p.add_argument("--budget-s", type=float, default=400.0, help="wall-clock budget for all parts together (s)")
     p.add_argument("--skip-transformers", action="store_true")
-    p.add_argument("--part", choices=["decode"] + [f"{e}-{m}" for e, m in RUNS], help=argparse.SUPPRESS)
+    p.add_argument("--part", choices=["decode", "decode-unfused"] + [f"{e}-{m}" for e, m in RUNS], help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.part:
         run_part(args)

@@ -2,10 +2,11 @@
 # Device session driver: install abprof on the GPU machine (torch 2.11 there; plotly/orjson carried as
 # wheels in .whl/), run the given steps in the background, and bring back what they wrote.
 #
-# A device command may run 10 minutes and the machine stays warm 30 s between commands, so the steps run
-# in a detached process session and each command waits for them (up to N seconds) and packs what exists:
-#   bash benchmarks/h100_session.sh start 560 tests both headline-reference ...   # first command
-#   bash benchmarks/h100_session.sh collect 570                                   # the next ones
+# A device command may run 10 minutes, so the steps run in a detached process session and the command
+# waits for them (up to N seconds) and packs what exists:
+#   bash benchmarks/h100_session.sh start 540 kernels-fused engine-speed tests
+# A later command may find a fresh machine (the previous one idled out or reached its 30 minutes): give
+# each command steps that fit in it; `collect N` only helps while the same machine is still held.
 # Every collect writes one .tgz per step folder under $OUT (the device tool brings back at most 8 files,
 # 16 MiB each) plus session.log; a folder's tarball is complete once session.log says the step ended.
 set -uo pipefail
@@ -34,13 +35,18 @@ run_steps() {
   for s in "$@"; do case $s in
     tests) step tests python3 -m pytest -q -m cuda tests/engine -x ;;
     kernels) step kernels python3 -m pytest -q -m cuda tests/kernels -x ;;
+    kernels-fused) step kernels-fused python3 -m pytest -q -m cuda tests/kernels/test_triton_ops.py ;;
     both) step both abprof run --out "$W/both/run" ;;
     split) step split abprof run --mode async --split-prefill-decode --out "$W/split/run" ;;
     headline-reference) step headline-reference python3 benchmarks/headline.py --out "$W/headline-reference" \
         --engines reference --only standard small-batch large-batch ;;
+    headline) step headline bash -c "python3 benchmarks/headline.py --out $W/headline --engines reference \
+        && python3 benchmarks/headline.py --out $W/headline --merge --engines transformers --only standard --timeout 240" ;;
     headline-transformers) step headline-transformers python3 benchmarks/headline.py --out "$W/headline-transformers" \
         --engines transformers --only standard --timeout 280 ;;
-    engine-speed) step engine-speed python3 benchmarks/engine_speed.py --out "$W/engine-speed" --budget-s 420 ;;
+    headline-transformers-variants) step headline-transformers-variants python3 benchmarks/headline.py \
+        --out "$W/headline-transformers-variants" --engines transformers --only small-batch large-batch --timeout 280 ;;
+    engine-speed) step engine-speed python3 benchmarks/engine_speed.py --out "$W/engine-speed" --budget-s 440 ;;
     *) echo "unknown step $s" ;;
   esac; done
   touch "$W/DONE"
@@ -50,6 +56,7 @@ collect() { local limit=$1 t0=$SECONDS
   while [ ! -e "$W/DONE" ] && [ $((SECONDS - t0)) -lt "$limit" ]; do sleep 5; done
   [ -e "$W/DONE" ] && echo "all steps ended" || echo "steps still running after ${limit} s"
   cp "$W/session.log" "$OUT/session.log" 2>/dev/null; cat "$W/session.log"
+  shopt -s nullglob  # a fresh machine has no step folders: no literal "*" tarball
   for d in "$W"/*/; do local n; n=$(basename "$d"); tar czf "$OUT/$n.tgz" -C "$W" "$n"; done
   cp "$W/environment.txt" "$OUT/" 2>/dev/null; ls -la "$OUT"; }
 

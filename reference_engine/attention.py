@@ -104,17 +104,22 @@ def paged_attention_reference(q, k_cache, v_cache, meta: AttentionMetadata, scal
     return out
 
 
-_BACKEND: object | None | bool = False  # False: not looked up yet
+_MODULES: dict[str, object | None] = {}
+
+
+def triton_module(name: str):
+    """``reference_engine.<name>`` (a Triton kernel module), or None where Triton or CUDA is not available."""
+    if name not in _MODULES:
+        try:
+            import importlib
+
+            module = importlib.import_module(f"reference_engine.{name}")
+        except ImportError:
+            module = None
+        _MODULES[name] = module if module is not None and module.available() else None
+    return _MODULES[name]
 
 
 def _triton_backend():
-    """The Triton backend module, or None where Triton (or the module) is not available."""
-    global _BACKEND
-    if _BACKEND is False:
-        try:
-            from reference_engine import triton_attention
-        except ImportError:
-            _BACKEND = None
-        else:
-            _BACKEND = triton_attention if triton_attention.available() else None
-    return _BACKEND
+    """The Triton attention backend, or None where Triton (or the module) is not available."""
+    return triton_module("triton_attention")

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from reference_engine import fused
 from reference_engine.attention import AttentionMetadata, paged_attention, store_kv
 
 
@@ -61,9 +62,11 @@ class RMSNorm(nn.Module):
         self.eps = eps
         self.weight = nn.Parameter(torch.ones(dim))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Normalized in fp32, scaled in the model's dtype (as transformers does)."""
-        return self.weight * F.rms_norm(x.float(), (x.shape[-1],), eps=self.eps).to(x.dtype)
+    def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
+        """``w * rms_norm(x)``; with ``residual``, of ``x + residual``, returned with that sum."""
+        if residual is None:
+            return fused.rms_norm(x, self.weight, self.eps)
+        return fused.add_rms_norm(x, residual, self.weight, self.eps)
 
 
 class RotaryEmbedding(nn.Module):
@@ -86,15 +89,6 @@ class RotaryEmbedding(nn.Module):
         return self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
 
 
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate ``x`` ``[T, heads, D]`` in fp32 (rotate-half convention)."""
-    dtype = x.dtype
-    x = x.float()
-    half = x.shape[-1] // 2
-    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
-    return (x * cos + rotated * sin).to(dtype)
-
-
 class Attention(nn.Module):
     def __init__(self, config, qkv_bias: bool):
         super().__init__()
@@ -110,7 +104,7 @@ class Attention(nn.Module):
     def forward(self, x, cos_sin, meta: AttentionMetadata, k_cache, v_cache):
         qkv = self.qkv_proj(x)
         qk, v = qkv.split([self.q_size + self.kv_size, self.kv_size], dim=-1)
-        qk = apply_rope(qk.view(-1, self.num_heads + self.num_kv_heads, self.head_dim), *cos_sin)  # q, k at once
+        qk = fused.rope(qk.view(-1, self.num_heads + self.num_kv_heads, self.head_dim), *cos_sin)  # q, k at once
         q, k = qk.split([self.num_heads, self.num_kv_heads], dim=1)
         v = v.view(-1, self.num_kv_heads, self.head_dim)
         t, padded = meta.slot_mapping.shape[0], x.shape[0]  # rows past the step's tokens pad the GEMMs' shapes
@@ -132,8 +126,7 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(self.intermediate, config.hidden_size, bias=bias)
 
     def forward(self, x):
-        gate, up = self.gate_up_proj(x).split(self.intermediate, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+        return self.down_proj(fused.silu_mul(self.gate_up_proj(x)))
 
 
 class DecoderLayer(nn.Module):
@@ -144,9 +137,16 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, x, cos_sin, meta, k_cache, v_cache):
-        x = x + self.self_attn(self.input_layernorm(x), cos_sin, meta, k_cache, v_cache)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(self, x, residual, cos_sin, meta, k_cache, v_cache):
+        """``(x, residual)`` → the same pair one layer on: the residual stream is ``x + residual``, whose add
+        is fused into the norm that follows it (``residual`` is None for the first layer)."""
+        if residual is None:
+            x, residual = self.input_layernorm(x), x
+        else:
+            x, residual = self.input_layernorm(x, residual)
+        x = self.self_attn(x, cos_sin, meta, k_cache, v_cache)
+        x, residual = self.post_attention_layernorm(x, residual)
+        return self.mlp(x), residual
 
 
 class CausalLM(nn.Module):
@@ -175,11 +175,11 @@ class CausalLM(nn.Module):
         ``input_ids`` may be longer than ``meta.slot_mapping``: the extra rows are padding (so that few
         distinct GEMM shapes occur); attention skips them and their outputs are meaningless.
         """
-        x = self.embed_tokens(input_ids)
+        x, residual = self.embed_tokens(input_ids), None
         cos_sin = self.rope(positions)
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos_sin, meta, kv_cache[0, i], kv_cache[1, i])
-        return self.norm(x)
+            x, residual = layer(x, residual, cos_sin, meta, kv_cache[0, i], kv_cache[1, i])
+        return self.norm(x, residual)[0]
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         weight = self.embed_tokens.weight if self.tie else self.lm_head.weight

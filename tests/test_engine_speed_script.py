@@ -38,6 +38,8 @@ def test_decode_rows_count_the_bytes_the_step_reads(dry_run):
     # per layer qkv 64*128 + o 64*64 + gate_up 64*256 + down 128*64 + 2 norms of 64; final norm; LM head 512*64
     weights = (2 * (64 * 128 + 64 * 64 + 64 * 256 + 128 * 64 + 2 * 64) + 64 + 512 * 64) * 4
     assert [(r["batch"], r["ctx"]) for r in doc["decode"]] == [(8, 48), (4, 48)]
+    assert all(r["unfused_step_ms"] > 0 for r in doc["decode"])  # the REFERENCE_ENGINE_FUSED=0 part ran too
+    assert doc["runs"]["decode-unfused"]["status"] == "ok"
     bw = doc["bandwidth"]["tb_s"]
     for r in doc["decode"]:
         assert r["weight_bytes"] == weights
