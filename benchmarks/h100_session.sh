@@ -57,7 +57,12 @@ collect() { local limit=$1 t0=$SECONDS
   [ -e "$W/DONE" ] && echo "all steps ended" || echo "steps still running after ${limit} s"
   cp "$W/session.log" "$OUT/session.log" 2>/dev/null; cat "$W/session.log"
   shopt -s nullglob  # a fresh machine has no step folders: no literal "*" tarball
-  for d in "$W"/*/; do local n; n=$(basename "$d"); tar czf "$OUT/$n.tgz" -C "$W" "$n"; done
+  # HTML reports (5 MB each, plotly.js inside) are left out: `abprof report RUN` rebuilds them from the run
+  # folder; a tarball over 15 MiB comes back in parts (cat NAME.tgz.part-* | tar xz)
+  for d in "$W"/*/; do local n; n=$(basename "$d")
+    tar czf "$W/$n.tgz" --exclude='*.html' -C "$W" "$n"
+    if [ "$(stat -c %s "$W/$n.tgz")" -gt 15728640 ]; then split -b 15M "$W/$n.tgz" "$OUT/$n.tgz.part-"
+    else cp "$W/$n.tgz" "$OUT/"; fi; rm -f "$W/$n.tgz"; done
   cp "$W/environment.txt" "$OUT/" 2>/dev/null; ls -la "$OUT"; }
 
 case ${1:-} in
