@@ -42,6 +42,8 @@ run_steps() {
         --engines reference --only standard small-batch large-batch ;;
     headline) step headline bash -c "python3 benchmarks/headline.py --out $W/headline --engines reference \
         && python3 benchmarks/headline.py --out $W/headline --merge --engines transformers --only standard --timeout 240" ;;
+    headline-split) step headline-split python3 benchmarks/headline.py --out "$W/headline-split" --engines reference \
+        --only standard --modes async-mixed async-split ;;
     headline-transformers) step headline-transformers python3 benchmarks/headline.py --out "$W/headline-transformers" \
         --engines transformers --only standard --timeout 280 ;;
     headline-transformers-variants) step headline-transformers-variants python3 benchmarks/headline.py \
@@ -53,6 +55,7 @@ run_steps() {
 }
 
 collect() { local limit=$1 t0=$SECONDS
+  [ -e "$W/session.log" ] || { echo "no session on this machine (a fresh one): nothing to collect"; return; }
   while [ ! -e "$W/DONE" ] && [ $((SECONDS - t0)) -lt "$limit" ]; do sleep 5; done
   [ -e "$W/DONE" ] && echo "all steps ended" || echo "steps still running after ${limit} s"
   cp "$W/session.log" "$OUT/session.log" 2>/dev/null; cat "$W/session.log"

@@ -34,12 +34,17 @@ WORKLOADS = {
     "large-batch": ["--requests", "512", "--prompt-len", "uniform:128:1024", "--output-len", "fixed:256",
                     "--max-seqs", "512"],
 }
-RUNS = [("reference", "sync"), ("reference", "async"), ("reference", "async-split"), ("transformers", "sync"),
-        ("transformers", "async")]
-# "async-split": the async loop with a step's prefill chunks and decodes as two batches on two streams
+RUNS = [("reference", "sync"), ("reference", "async"), ("reference", "async-mixed"), ("reference", "async-split"),
+        ("transformers", "sync"), ("transformers", "async")]
+# "async-split": the async loop with a step's prefill chunks and decodes as two batches on two streams. The
+# default window (64 steps after the first ~150) is all decodes, where there is nothing to split, so the split
+# row profiles steps 4-67, where prefill chunks and decodes share steps, beside "async-mixed": the plain async
+# loop profiled over the same steps.
+MIXED_WINDOW = ["--profile-steps", "4:67"]
 MODE_OPTIONS = {"sync": ["--mode", "sync"], "async": ["--mode", "async"],
-                "async-split": ["--mode", "async", "--split-prefill-decode"]}
-SPLIT_WORKLOADS = {"standard"}  # the split row is one row of the table, on the standard workload
+                "async-mixed": ["--mode", "async", *MIXED_WINDOW],
+                "async-split": ["--mode", "async", "--split-prefill-decode", *MIXED_WINDOW]}
+SPLIT_WORKLOADS = {"standard"}  # the split rows are rows of the table on the standard workload only
 
 COLUMNS = [
     ("workload", None), ("engine", None), ("mode", None),
@@ -102,8 +107,9 @@ def write_tables(out: Path, rows: list[dict]) -> None:
     titles = [c for c, _ in COLUMNS] + EXTRA_COLUMNS
     lines = ["| " + " | ".join(titles) + " |", "|" + "---|" * len(titles)]
     for r in rows:
-        cells = [fmt(r.get(t)) if "error" not in r or t in ("workload", "engine", "mode") else "failed"
-                 for t in titles]
+        cells = [fmt(r.get(t)) for t in titles]
+        if "error" in r:  # a run that did not finish: its reason in the first number's cell
+            cells = cells[:3] + [f"failed: {r['error']}"] + ["—"] * (len(titles) - 4)
         lines.append("| " + " | ".join(cells) + " |")
     (out / "headline.md").write_text("\n".join(lines + [""] + goal_lines(rows)) + "\n")
 
@@ -179,7 +185,7 @@ def main() -> None:
         for engine, mode in RUNS:
             if engine not in args.engines or mode not in args.modes:
                 continue
-            if mode == "async-split" and workload not in SPLIT_WORKLOADS:
+            if mode in ("async-mixed", "async-split") and workload not in SPLIT_WORKLOADS:
                 continue
             try:
                 row = run_one(args.out, workload, engine, mode, extra, args.timeout, engine in args.overhead_engines)

@@ -9,6 +9,11 @@ import typer
 
 from asyncbatch_prof.cli.errors import cli_errors
 
+PlotlyJs = Annotated[Optional[str], typer.Option(
+    "--plotly-js", metavar="SRC", help="Load plotly.js from SRC (a URL, or a path relative to the HTML file) "
+    "instead of embedding it: ~4.6 MB smaller, for reports that share one copy. Default: embedded.",
+    show_default=False)]
+
 
 def report(
     run: Annotated[Path, typer.Argument(metavar="RUN", help="A complete run folder.", show_default=False)],
@@ -16,12 +21,13 @@ def report(
     out: Annotated[Optional[Path], typer.Option(
         "--out", "-o", metavar="FILE", help="Where to write the HTML. Default: RUN/report.html.",
         show_default=False)] = None,
+    plotly_js: PlotlyJs = None,
 ) -> None:
     """Render a run folder's self-contained HTML report (works offline)."""
     with cli_errors():
         from asyncbatch_prof.report import write_report
 
-        path = write_report(run, out=out)
+        path = write_report(run, out=out, plotly_src=plotly_js)
     typer.echo(f"report: {path}")
 
 
@@ -68,6 +74,7 @@ def compare(
         "--out", "-o", metavar="DIR", help="Folder for compare.html (or a path ending in .html). "
         "Default: the first run's parent folder.", show_default=False)] = None,
     force: Annotated[bool, typer.Option("--force", help="Compare runs of different workloads anyway.")] = False,
+    plotly_js: PlotlyJs = None,
 ) -> None:
     """Compare runs: a table of deltas with direction here, and the figures side by side in compare.html."""
     with cli_errors():
@@ -78,5 +85,5 @@ def compare(
         target = out if out is not None else Path(runs[0]).resolve().parent
         path = target if target.suffix == ".html" else target / "compare.html"
         _print_table(views, warning)
-        runfolder.atomic_write_text(path, render_comparison(views, warning))
+        runfolder.atomic_write_text(path, render_comparison(views, warning, plotly_js))
     typer.echo(f"comparison: {path}")

@@ -140,10 +140,10 @@ def _delta_table(views: Sequence[RunView], names: list[str]) -> str:
     return f'<table class="deltas">{head}{"".join(rows)}</table>'
 
 
-def render_comparison(views: Sequence[RunView], warning: str | None = None) -> str:
+def render_comparison(views: Sequence[RunView], warning: str | None = None, plotly_src: str | None = None) -> str:
     """The comparison page: deltas against the first run, then each figure with the runs side by side."""
     names = run_names(views)
-    page = Page("abprof compare · " + " vs ".join(names))
+    page = Page("abprof compare · " + " vs ".join(names), plotly_src)
     page.add(f"<h1>abprof compare · {html.escape(' vs '.join(names))}</h1>"
              f'<p class="sub">deltas against {html.escape(names[0])}; shares change in percentage points</p>')
     if warning:

@@ -75,8 +75,10 @@ def _safe_json(fig: go.Figure) -> str:
 class Page:
     """Collects HTML parts and figures, then renders one self-contained document."""
 
-    def __init__(self, title: str) -> None:
+    def __init__(self, title: str, plotly_src: str | None = None) -> None:
+        """``plotly_src``: load plotly.js from this URL or relative path instead of embedding it."""
         self.title = title
+        self.plotly_src = plotly_src
         self.parts: list[str] = []
         self._count = 0
 
@@ -100,7 +102,9 @@ class Page:
         return (
             "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{html.escape(self.title)}</title><style>{CSS}</style>"
-            f"<script>{plotly_js()}</script></head><body>"
+            + (f'<script src="{html.escape(self.plotly_src)}"></script>' if self.plotly_src
+               else f"<script>{plotly_js()}</script>")
+            + "</head><body>"
             + "".join(self.parts)
             + f"<script>{BOOT}</script></body></html>"
         )

@@ -98,9 +98,9 @@ def cards_html(doc: dict) -> str:
     )
 
 
-def render_report(view: RunView) -> str:
-    """The report of one run as an HTML string."""
-    page = Page(f"abprof report · {view.run_dir.name}")
+def render_report(view: RunView, plotly_src: str | None = None) -> str:
+    """The report of one run as an HTML string (plotly.js embedded unless ``plotly_src`` names a copy to load)."""
+    page = Page(f"abprof report · {view.run_dir.name}", plotly_src)
     page.add(header_html(view) + cards_html(view.doc))
     for slot in build_figures(view):
         page.add(f"<h2>{html.escape(slot.title)}</h2>" + page.figure(slot))
@@ -108,11 +108,12 @@ def render_report(view: RunView) -> str:
     return page.render()
 
 
-def write_report(run_dir: Path, analysis: Any | None = None, out: Path | None = None) -> Path:
+def write_report(run_dir: Path, analysis: Any | None = None, out: Path | None = None,
+                 plotly_src: str | None = None) -> Path:
     """Render ``run_dir/report.html`` (or ``out``) atomically and return its path.
 
     ``analysis`` is the TraceAnalysis of the run's trace; None re-analyzes ``trace.json.gz``."""
     view = load_run(Path(run_dir), analysis)
     path = Path(out) if out is not None else Path(run_dir) / runfolder.REPORT_HTML
-    runfolder.atomic_write_text(path, render_report(view))
+    runfolder.atomic_write_text(path, render_report(view, plotly_src))
     return path

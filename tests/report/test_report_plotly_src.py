@@ -1,0 +1,20 @@
+"""`--plotly-js`: reports that load a shared plotly.js instead of embedding their own copy."""
+
+from __future__ import annotations
+
+from asyncbatch_prof.report.page import plotly_js
+
+
+def test_report_and_compare_with_shared_plotly(runs, cli, tmp_path):
+    embedded = cli("report", runs["sync"], "--out", tmp_path / "embedded.html")
+    assert embedded.exit_code == 0, embedded.output
+    shared = cli("report", runs["sync"], "--out", tmp_path / "shared.html", "--plotly-js", "plotly.min.js")
+    assert shared.exit_code == 0, shared.output
+    small = (tmp_path / "shared.html").read_text()
+    big = (tmp_path / "embedded.html").read_text()
+    assert '<script src="plotly.min.js"></script>' in small and plotly_js()[:200] not in small
+    assert len(big) - len(small) >= len(plotly_js()) - 1000  # only plotly.js differs
+    assert small.count('class="fig-data"') == big.count('class="fig-data"') > 0
+    both = cli("compare", runs["sync"], runs["async"], "--out", tmp_path / "c.html", "--plotly-js", "../p.js")
+    assert both.exit_code == 0, both.output
+    assert '<script src="../p.js"></script>' in (tmp_path / "c.html").read_text()
