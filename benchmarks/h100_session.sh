@@ -69,7 +69,7 @@ collect() { local limit=$1 t0=$SECONDS
   cp "$W/environment.txt" "$OUT/" 2>/dev/null; ls -la "$OUT"; }
 
 case ${1:-} in
-  start) limit=$2; shift 2; install; rm -f "$W/DONE"
+  start) limit=$2; shift 2; install; rm -f "$W/DONE"; : > "$W/session.log"  # before collect looks for it
     setsid nohup bash "$0" _steps "$@" > "$W/session.log" 2>&1 < /dev/null &
     collect "$limit" ;;
   _steps) shift; run_steps "$@" ;;
