@@ -1,7 +1,7 @@
 """The gate on metrics recorded from real H100 runs of the reference engine (committed fixtures).
 
-The fixtures are the metrics.json files of one ``abprof run --mode both`` on the H100 (see
-tests/data/gate/README.md for how they are recorded). Until they are committed these tests skip.
+The fixtures are metrics.json files of ``abprof run`` on the H100, committed unchanged (see
+tests/data/gate/README.md for which runs): an unthrottled sync/async pair and a throttled one.
 """
 
 from __future__ import annotations
@@ -45,3 +45,19 @@ def test_recorded_runs_are_what_they_say(tmp_path):
     assert sync["schema_version"] == async_["schema_version"] == 1
     for doc in (sync, async_):
         assert "gpu_idle_pct" in doc["metrics"] and "tokens_per_s" in doc["metrics"]
+
+
+THROTTLED = DATA / "h100-throttled-async" / "metrics.json"
+
+
+@pytest.mark.skipif(not THROTTLED.exists(), reason="throttled H100 fixture not recorded")
+def test_throttled_h100_runs_are_invalid_unless_allowed(gate_cli, tmp_path):
+    """A real H100 pair whose NVML samples say the clocks throttled: the verdict is 4 (invalid), not a pass."""
+    sync = DATA / "h100-throttled-sync" / "metrics.json"
+    assert json.loads(THROTTLED.read_text())["metrics"]["clock_throttled"] is True
+    result, checks = _gate(gate_cli, THROTTLED, THROTTLED, tmp_path)
+    assert result.exit_code == 4, result.output
+    assert checks["clock_throttled not_throttled"]["status"] == "invalid"
+    out = tmp_path / "allowed.json"
+    allowed = gate_cli(sync, "--baseline", THROTTLED, "--allow-throttled", "--json", out)
+    assert allowed.exit_code == 1, allowed.output  # allowed: the sync loop's bubble still fails the budget
