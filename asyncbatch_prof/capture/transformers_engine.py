@@ -15,6 +15,7 @@ The batching loop runs on transformers' background thread. ``on_step`` is called
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Any
@@ -142,7 +143,20 @@ class TransformersCBEngine:
 
     # ---- running ---------------------------------------------------------------------------------
     def generate(self, requests: list, sampling=None, on_step=None) -> GenerateResult:
-        """Run ``requests`` (all arrive at t=0) and return records like the reference engine's (s since start)."""
+        """Run ``requests`` (all arrive at t=0) and return records like the reference engine's (s since start).
+
+        transformers logs a loop exception with its traceback (through a handler bound to the stderr of
+        its import), then fails the requests; the run reports that failure in one line, so its batching
+        logger is quiet meanwhile."""
+        cb_logger = logging.getLogger("ContinuousBatchingLogger")
+        level = cb_logger.level
+        cb_logger.setLevel(logging.CRITICAL)
+        try:
+            return self._generate(requests, on_step)
+        finally:
+            cb_logger.setLevel(level)
+
+    def _generate(self, requests: list, on_step) -> GenerateResult:
         if any(r.arrival_s for r in requests):
             raise ValueError("the transformers engine runs offline workloads only (all requests at t=0)")
         if self.manager is None:
