@@ -10,8 +10,9 @@ import typer
 from asyncbatch_prof.cli.errors import cli_errors
 
 PlotlyJs = Annotated[Optional[str], typer.Option(
-    "--plotly-js", metavar="SRC", help="Load plotly.js from SRC (a URL, or a path relative to the HTML file) "
-    "instead of embedding it: ~4.6 MB smaller, for reports that share one copy. Default: embedded.",
+    "--plotly-js", metavar="SRC", help="Load plotly.js from SRC (a URL, a path relative to the HTML file, or "
+    "'cdn' for plotly's CDN) instead of embedding it: ~4.6 MB smaller, but the page then needs SRC (no longer "
+    "offline with 'cdn'). Default: embedded.",
     show_default=False)]
 
 

@@ -67,6 +67,13 @@ def plotly_js() -> str:
     return get_plotlyjs()
 
 
+def plotly_cdn_url() -> str:
+    """plotly's CDN address of the plotly.js version the installed plotly package embeds."""
+    from plotly.offline import get_plotlyjs_version
+
+    return f"https://cdn.plot.ly/plotly-{get_plotlyjs_version()}.min.js"
+
+
 def _safe_json(fig: go.Figure) -> str:
     # "</" inside a kernel name would end the script element early
     return fig.to_json().replace("</", "<\\/")
@@ -76,9 +83,10 @@ class Page:
     """Collects HTML parts and figures, then renders one self-contained document."""
 
     def __init__(self, title: str, plotly_src: str | None = None) -> None:
-        """``plotly_src``: load plotly.js from this URL or relative path instead of embedding it."""
+        """``plotly_src``: load plotly.js from this URL or relative path instead of embedding it; ``"cdn"``
+        is plotly's CDN copy of the installed plotly.js version (as plotly's ``include_plotlyjs="cdn"``)."""
         self.title = title
-        self.plotly_src = plotly_src
+        self.plotly_src = plotly_cdn_url() if plotly_src == "cdn" else plotly_src
         self.parts: list[str] = []
         self._count = 0
 

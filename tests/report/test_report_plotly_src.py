@@ -18,3 +18,13 @@ def test_report_and_compare_with_shared_plotly(runs, cli, tmp_path):
     both = cli("compare", runs["sync"], runs["async"], "--out", tmp_path / "c.html", "--plotly-js", "../p.js")
     assert both.exit_code == 0, both.output
     assert '<script src="../p.js"></script>' in (tmp_path / "c.html").read_text()
+
+
+def test_plotly_from_cdn_names_the_embedded_version(runs, cli, tmp_path):
+    from plotly.offline import get_plotlyjs_version
+
+    result = cli("report", runs["sync"], "--out", tmp_path / "cdn.html", "--plotly-js", "cdn")
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "cdn.html").read_text()
+    assert f'<script src="https://cdn.plot.ly/plotly-{get_plotlyjs_version()}.min.js"></script>' in page
+    assert plotly_js()[:200] not in page
