@@ -37,11 +37,8 @@ run_steps() {
     kernels) step kernels python3 -m pytest -q -m cuda tests/kernels -x ;;
     kernels-fused) step kernels-fused python3 -m pytest -q -m cuda tests/kernels/test_triton_ops.py ;;
     both) step both abprof run --out "$W/both/run" ;;
-    split) step split abprof run --mode async --split-prefill-decode --out "$W/split/run" ;;
     headline-reference) step headline-reference python3 benchmarks/headline.py --out "$W/headline-reference" \
         --engines reference --only standard small-batch large-batch ;;
-    headline) step headline bash -c "python3 benchmarks/headline.py --out $W/headline --engines reference \
-        && python3 benchmarks/headline.py --out $W/headline --merge --engines transformers --only standard --timeout 240" ;;
     headline-split) step headline-split python3 benchmarks/headline.py --out "$W/headline-split" --engines reference \
         --only standard --modes async-mixed async-split ;;
     headline-transformers) step headline-transformers python3 benchmarks/headline.py --out "$W/headline-transformers" \

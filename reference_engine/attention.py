@@ -20,6 +20,7 @@ importable; this module's reference implementation is what it is tested against.
 
 from __future__ import annotations
 
+import importlib
 import math
 from dataclasses import dataclass
 
@@ -111,8 +112,6 @@ def triton_module(name: str):
     """``reference_engine.<name>`` (a Triton kernel module), or None where Triton or CUDA is not available."""
     if name not in _MODULES:
         try:
-            import importlib
-
             module = importlib.import_module(f"reference_engine.{name}")
         except ImportError:
             module = None

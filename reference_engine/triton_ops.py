@@ -85,26 +85,26 @@ def _rows(x: torch.Tensor) -> torch.Tensor:
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    rows = _rows(x)
-    out = torch.empty_like(rows)
-    n = rows.shape[1]
-    if rows.shape[0]:
-        _rms_norm_kernel[(rows.shape[0],)](rows, rows, weight, out, rows.stride(0), rows.stride(0), out.stride(0),
-                                           n, eps, HAS_RESIDUAL=False, BLOCK=_next_pow2(n), num_warps=_warps(n))
-    return out.view(x.shape)
+    return _norm(x, None, weight, eps)
 
 
 def add_rms_norm(x: torch.Tensor, residual: torch.Tensor, weight: torch.Tensor,
                  eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """``residual += x`` (in place), then ``(w * rms_norm(residual), residual)``."""
-    rows, res = _rows(x), residual.view(-1, residual.shape[-1])
+    return _norm(x, residual, weight, eps), residual
+
+
+def _norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    rows = _rows(x)
+    res = rows if residual is None else residual.view(-1, residual.shape[-1])
     assert res.shape == rows.shape and res.stride(-1) == 1, "residual must be a contiguous tensor shaped like x"
     out = torch.empty_like(rows)
     n = rows.shape[1]
     if rows.shape[0]:
-        _rms_norm_kernel[(rows.shape[0],)](rows, res, weight, out, rows.stride(0), res.stride(0), out.stride(0),
-                                           n, eps, HAS_RESIDUAL=True, BLOCK=_next_pow2(n), num_warps=_warps(n))
-    return out.view(x.shape), residual
+        _rms_norm_kernel[(rows.shape[0],)](rows, res, weight, out, rows.stride(0), res.stride(0), out.stride(0), n,
+                                           eps, HAS_RESIDUAL=residual is not None, BLOCK=_next_pow2(n),
+                                           num_warps=_warps(n))
+    return out.view(x.shape)
 
 
 def rope_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

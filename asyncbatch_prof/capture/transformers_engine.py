@@ -103,9 +103,7 @@ class TransformersCBEngine:
         self.vocab_size = self.model.config.vocab_size
         self.manager = None
         self.notes: list[str] = []
-        if self.device.type == "cuda" and torch.backends.cuda.cudnn_sdp_enabled():
-            # On the H100 with torch 2.11+cu130, SDPA's cuDNN backend fails inside transformers' paged SDPA
-            # ("mha_graph.execute(...).is_good()") part way through a run, and every request errors out.
+        if self.device.type == "cuda" and torch.backends.cuda.cudnn_sdp_enabled():  # CUDNN_NOTE says why
             torch.backends.cuda.enable_cudnn_sdp(False)
             self.notes.append(CUDNN_NOTE)
         self._lock = threading.Lock()
