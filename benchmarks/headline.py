@@ -44,7 +44,7 @@ MIXED_WINDOW = ["--profile-steps", "4:67"]
 MODE_OPTIONS = {"sync": ["--mode", "sync"], "async": ["--mode", "async"],
                 "async-mixed": ["--mode", "async", *MIXED_WINDOW],
                 "async-split": ["--mode", "async", "--split-prefill-decode", *MIXED_WINDOW]}
-SPLIT_WORKLOADS = {"standard"}  # the split rows are rows of the table on the standard workload only
+SPLIT_MODES, SPLIT_WORKLOADS = {"async-mixed", "async-split"}, {"standard"}  # those rows: standard workload only
 
 COLUMNS = [
     ("workload", None), ("engine", None), ("mode", None),
@@ -96,10 +96,11 @@ def fmt(value) -> str:
 
 
 def write_tables(out: Path, rows: list[dict]) -> None:
-    """Write headline.json (the rows), headline.csv (every field) and headline.md (table + goals)."""
+    """Write headline.json (the rows), headline.csv (every field) and headline.md (table + goals), in table order."""
+    rows = sorted(rows, key=lambda r: (list(WORKLOADS).index(r["workload"]), RUNS.index((r["engine"], r["mode"]))))
     (out / "headline.json").write_text(json.dumps(rows, indent=1) + "\n")
     order = [c for c, _ in COLUMNS] + EXTRA_COLUMNS
-    fields = sorted({k for r in rows for k in r}, key=lambda k: (order + [k]).index(k))
+    fields = sorted({k for r in rows for k in r}, key=lambda k: ((order + [k]).index(k), k))  # others by name
     with open(out / "headline.csv", "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=fields)
         writer.writeheader()
@@ -163,7 +164,7 @@ def main() -> None:
     parser.add_argument("--only", nargs="*", choices=sorted(WORKLOADS), help="workloads to run (default: all)")
     parser.add_argument("--engines", nargs="*", default=["reference", "transformers"])
     parser.add_argument("--modes", nargs="*", choices=list(MODE_OPTIONS), default=list(MODE_OPTIONS),
-                        help="modes to run (default: all; async-split runs on the standard workload only)")
+                        help="modes to run (default: all; async-mixed and async-split run on the standard workload only)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per run")
     parser.add_argument("--overhead-engines", nargs="*", default=["reference"],
                         help="engines whose runs also run unprofiled first (--measure-overhead)")
@@ -185,7 +186,7 @@ def main() -> None:
         for engine, mode in RUNS:
             if engine not in args.engines or mode not in args.modes:
                 continue
-            if mode in ("async-mixed", "async-split") and workload not in SPLIT_WORKLOADS:
+            if mode in SPLIT_MODES and workload not in SPLIT_WORKLOADS:
                 continue
             try:
                 row = run_one(args.out, workload, engine, mode, extra, args.timeout, engine in args.overhead_engines)
@@ -193,7 +194,6 @@ def main() -> None:
                 row = {"workload": workload, "engine": engine, "mode": mode, "error": "timeout"}
             print(json.dumps(row), flush=True)
             rows = [r for r in rows if (r["workload"], r["engine"], r["mode"]) != (workload, engine, mode)] + [row]
-            rows.sort(key=lambda r: (list(WORKLOADS).index(r["workload"]), RUNS.index((r["engine"], r["mode"]))))
             write_tables(args.out, rows)
     print((args.out / "headline.md").read_text())
 
