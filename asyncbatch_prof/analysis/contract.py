@@ -1,4 +1,4 @@
-"""The metric contract of ``shared/docs/metrics.md`` in code: names, units, windows, directions.
+"""The metric contract of ``docs/metrics.md`` in code: names, units, windows, directions.
 
 Everything that prints, plots or gates a number (analyze, run, report, compare, gate) looks its
 name up here, so a budget written today means the same thing next year.
