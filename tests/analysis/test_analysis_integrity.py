@@ -135,3 +135,17 @@ def test_intact_traces_stay_clean(path):
         pytest.skip(f"{path} is not on this machine")
     integrity = analyze(path).doc["trace_integrity"]
     assert integrity["verdict"] == "ok", integrity["reasons"]
+
+
+def test_cli_prints_one_warning_line_for_an_incomplete_trace(cli, tmp_path):
+    r = cli("analyze", VLLM_CAPTURE, "--out", tmp_path)
+    assert r.exit_code == 0, r.output
+    warnings = [line for line in r.output.splitlines() if line.startswith("warning: trace incomplete")]
+    assert len(warnings) == 1 and "(capture)" in warnings[0], r.output
+    assert json.loads((tmp_path / "metrics.json").read_text())["metrics"]["trace_complete"] is False
+
+
+def test_cli_prints_no_warning_for_an_intact_trace(cli, tmp_path):
+    r = cli("analyze", ENGINE_ASYNC, "--out", tmp_path)
+    assert r.exit_code == 0, r.output
+    assert "warning" not in r.output
