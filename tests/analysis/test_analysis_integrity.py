@@ -148,4 +148,4 @@ def test_cli_prints_one_warning_line_for_an_incomplete_trace(cli, tmp_path):
 def test_cli_prints_no_warning_for_an_intact_trace(cli, tmp_path):
     r = cli("analyze", ENGINE_ASYNC, "--out", tmp_path)
     assert r.exit_code == 0, r.output
-    assert "warning" not in r.output
+    assert "trace incomplete" not in r.output
