@@ -111,17 +111,20 @@ def _in_capture(ev: TraceEvents, calls: LaunchCalls, host: np.ndarray) -> np.nda
         marks = np.flatnonzero((begin | end) & (ev.pid == pid) & (ev.tid == tid))
         marks = marks[np.argsort(ev.ts_us[marks], kind="stable")]
         mine = np.flatnonzero((calls.pid == pid) & (calls.tid == tid))
-        t = calls.start_us[mine]
+        t = calls.start_us[mine]  # sorted, as calls are
+        spans = []
         open_at: float | None = -np.inf if end[marks[0]] else None
         for m in marks.tolist():
             if begin[m]:
                 open_at = float(ev.ts_us[m]) if open_at is None else open_at
             else:
                 if open_at is not None:
-                    captured[mine[(t >= open_at) & (t <= ev.ts_us[m] + ev.dur_us[m])]] = True
+                    spans.append((open_at, float(ev.ts_us[m] + ev.dur_us[m])))
                 open_at = None
         if open_at is not None:
-            captured[mine[t >= open_at]] = True
+            spans.append((open_at, np.inf))
+        for lo, hi in spans:
+            captured[mine[np.searchsorted(t, lo, side="left"):np.searchsorted(t, hi, side="right")]] = True
     return captured
 
 
@@ -134,18 +137,22 @@ def _graph_replays_short(ev: TraceEvents, ops: DeviceOps, graph_launches: np.nda
     """
     if graph_launches.size < 2:
         return 0
-    names = ev.name[ops.row]
-    per_launch: dict[int, Counter] = {int(g): Counter() for g in graph_launches.tolist()}
     sel = np.isin(ops.launch, graph_launches)
-    for g, n in zip(ops.launch[sel].tolist(), names[sel].tolist()):
-        per_launch[g][n] += 1
+    pairs, counts = np.unique(np.stack([ops.launch[sel], ev.name[ops.row[sel]]], axis=1), axis=0, return_counts=True)
+    per_launch: dict[int, dict[int, int]] = {}
+    for (g, n), c in zip(pairs.tolist(), counts.tolist()):
+        per_launch.setdefault(g, {})[n] = c
     shapes = Counter(frozenset(c.items()) for c in per_launch.values())
-    kinds = [(Counter(dict(k)), n) for k, n in shapes.items()]
+    # largest first: a replay is short iff it nests in a maximal shape, and those come before it
+    maximal: list[Counter] = []
     short = 0
-    for counts, n in kinds:
-        total = sum(counts.values())
-        if any(sum(other.values()) > total and not (counts - other) for other, _ in kinds):
+    for shape, n in sorted(shapes.items(), key=lambda kv: -sum(c for _, c in kv[0])):
+        counts_of = Counter(dict(shape))
+        total = sum(counts_of.values())
+        if any(sum(m.values()) > total and not (counts_of - m) for m in maximal):
             short += n
+        else:
+            maximal.append(counts_of)
     return short
 
 

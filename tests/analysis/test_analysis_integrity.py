@@ -149,3 +149,60 @@ def test_cli_prints_no_warning_for_an_intact_trace(cli, tmp_path):
     r = cli("analyze", ENGINE_ASYNC, "--out", tmp_path)
     assert r.exit_code == 0, r.output
     assert "trace incomplete" not in r.output
+
+
+def _synthetic(steps: int = 6, per_step: int = 10) -> list[dict]:
+    """An intact one-stream trace: abprof.step ranges, each with ``per_step`` launches of a 20 µs kernel."""
+    events, corr = [], 0
+    for s in range(steps):
+        t0 = 1000.0 * s
+        events.append({"ph": "X", "cat": "user_annotation", "name": "abprof.step", "pid": 1, "tid": 1, "ts": t0,
+                       "dur": 900.0})
+        for k in range(per_step):
+            corr += 1
+            ts = t0 + 10 + 50 * k
+            events.append({"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "pid": 1, "tid": 1,
+                           "ts": ts, "dur": 5.0, "args": {"correlation": corr}})
+            events.append({"ph": "X", "cat": "kernel", "name": f"k{k}", "pid": 0, "tid": 7, "ts": ts + 8,
+                           "dur": 20.0, "args": {"correlation": corr, "stream": 7}})
+    return events
+
+
+def _analyze_events(events: list[dict], tmp_path: Path):
+    return analyze(_write({"traceEvents": events}, tmp_path / "s.json.gz"))
+
+
+def test_synthetic_intact_trace_is_clean(tmp_path):
+    assert _analyze_events(_synthetic(), tmp_path).doc["trace_integrity"]["verdict"] == "ok"
+
+
+def test_records_without_launch_mid_trace_are_flagged_but_not_at_the_start(tmp_path):
+    events = _synthetic()
+    launches = [e for e in events if e["cat"] == "cuda_runtime"]
+    at_start = {id(e) for e in launches[:8]}
+    ta = _analyze_events([e for e in events if id(e) not in at_start], tmp_path)
+    assert ta.doc["trace_integrity"]["verdict"] == "ok", ta.doc["trace_integrity"]["reasons"]
+    mid = {id(e) for e in launches[30:38]}
+    ta = _analyze_events([e for e in events if id(e) not in mid], tmp_path)
+    assert ta.doc["trace_integrity"]["codes"] == ["records_without_launch"]
+
+
+def test_a_step_without_gpu_records_is_flagged(tmp_path):
+    events = _synthetic()
+    lost = {e["args"]["correlation"] for e in events if e["cat"] == "cuda_runtime" and 2000 <= e["ts"] < 3000}
+    kept = [e for e in events if not (e["cat"] == "kernel" and e["args"]["correlation"] in lost)]
+    integrity = _analyze_events(kept, tmp_path).doc["trace_integrity"]
+    assert integrity["devices"]["0"]["steps_without_gpu"] == 1
+    assert "steps_without_gpu" in integrity["codes"] and "launches_without_gpu" in integrity["codes"]
+
+
+def test_a_window_opened_inside_a_capture_counts_its_launches_as_captured(tmp_path):
+    events = _synthetic(steps=2)
+    captured = [{"ph": "X", "cat": "cuda_runtime", "name": "cudaLaunchKernel", "pid": 1, "tid": 1, "ts": -500.0 + i,
+                 "dur": 0.5, "args": {"correlation": 10_000 + i}} for i in range(100)]
+    end = {"ph": "X", "cat": "cuda_runtime", "name": "cudaStreamEndCapture", "pid": 1, "tid": 1, "ts": -300.0,
+           "dur": 1.0, "args": {}}
+    integrity = _analyze_events(captured + [end] + events, tmp_path).doc["trace_integrity"]
+    dev = integrity["devices"]["0"]
+    assert dev["launches_captured"] == 100 and dev["launches_without_gpu"] == 0
+    assert integrity["codes"] == ["capture"]  # 100 captured against 20 GPU records
