@@ -69,6 +69,9 @@ _METRICS = [
     _m("sm_active_pct", "%", False, "higher", "GPM SM activity"),
     _m("joules_per_token", "J/tok", False, "lower", "GPU energy per output token"),
     _m("clock_throttled", "bool", False, "lower", "the GPU's clocks were throttled during the run"),
+    # trace integrity (issue 15): whether the trace holds the GPU side of every launch
+    _m("trace_complete", "bool", False, "higher", "every launch and GPU record accounted for (trace_integrity ok)"),
+    _m("missing_gpu_records_pct", "%", False, "lower", "share of kernel/graph launches with GPU records missing"),
 ]
 
 METRICS: dict[str, Metric] = {m.name: m for m in _METRICS}

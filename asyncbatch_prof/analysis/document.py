@@ -135,6 +135,7 @@ def build_doc(ta, ev: TraceEvents) -> dict[str, Any]:
         "devices": {str(d): {w: _window_doc(r, ev.origin_us) for w, r in per.items()} for d, per in ta.windows.items()},
     }
     _contract_metrics(ta, doc)
+    _integrity_metrics(ta.integrity, doc)
     steps = ta.steps
     doc["steps"] = {"count": int(len(steps))}
     for col in ("wall_us", "cpu_us", "gpu_busy_us", "idle_us", "host_work_us", "kernels", "launches"):
@@ -145,6 +146,23 @@ def build_doc(ta, ev: TraceEvents) -> dict[str, Any]:
     doc["phases"] = ta.phases.to_dict(orient="records")
     doc["host"] = _host_doc(ta)
     return doc
+
+
+def _integrity_metrics(integrity: dict[str, Any], doc: dict[str, Any]) -> None:
+    """The trace_integrity section and its contract metrics (trace_complete, missing_gpu_records_pct)."""
+    devices = integrity["devices"].values()
+    if not any(d["launches"] or d["gpu_records"] for d in devices) and not integrity["launches_without_device"]:
+        integrity = {**integrity, "verdict": None}
+        doc["absent"]["trace_complete"] = "no launch calls and no GPU records in trace: nothing to account for"
+    else:
+        doc["metrics"]["trace_complete"] = integrity["verdict"] == "ok"
+    if integrity["missing_gpu_records_pct"] is None:
+        doc["absent"]["missing_gpu_records_pct"] = ("no kernel or graph launch outside stream capture and the "
+                                                    "launches in flight at the trace's end")
+    else:
+        doc["metrics"]["missing_gpu_records_pct"] = integrity["missing_gpu_records_pct"]
+    affected = [m.name for m in contract.METRICS.values() if m.windowed]
+    doc["trace_integrity"] = {**integrity, "affected_metrics": affected}
 
 
 def _host_doc(ta) -> dict[str, Any] | None:

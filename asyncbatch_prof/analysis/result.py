@@ -17,6 +17,7 @@ from asyncbatch_prof.analysis import contract
 from asyncbatch_prof.analysis.errors import TraceError
 from asyncbatch_prof.analysis.gpu import DeviceOps, device_ops, join_launches
 from asyncbatch_prof.analysis.host import engine_thread
+from asyncbatch_prof.analysis.integrity import trace_integrity
 from asyncbatch_prof.analysis.loader import CAT_NAMES, TraceEvents, load_trace
 from asyncbatch_prof.analysis.document import build_doc, gaps_frame, phases_frame
 from asyncbatch_prof.analysis.steps import launches_frame, step_ranges, step_window, steps_frame
@@ -56,6 +57,10 @@ class TraceAnalysis:
         self.steps = self._steps_frame(ev, launches)
         self.phases = phases_frame(self.windows.get(self.device, {}).get(self.window))
         self.cpu_phases = _cpu_phases_frame(ev, self.engine, phases)
+        spans = {dev: {w: (r.lo, r.hi) for w, r in per.items() if isinstance(r, WindowResult)}
+                 for dev, per in self.windows.items()}
+        self.integrity = trace_integrity(ev, launches, self.devices,
+                                         None if self.step_ranges is None else self.step_ranges.start_us, spans)
         self.doc = build_doc(self, ev)
         self.absent: dict[str, str] = self.doc["absent"]
         for name in HEADLINE:

@@ -44,10 +44,24 @@ def analyze(
         ta.write_metrics(target)
         if as_json:
             typer.echo(json.dumps(ta.doc, indent=2))
+            warning = integrity_warning(ta.doc)
+            if warning:
+                typer.echo(warning, err=True)
         else:
             _print_summary(ta, target)
     if not ta.has_gpu:
         raise fail(f"no GPU activity in trace {trace} (CPU-side numbers written to {target})")
+
+
+def integrity_warning(doc: dict) -> str | None:
+    """One line saying that the trace is incomplete and why, or None when it is complete."""
+    integrity = doc.get("trace_integrity") or {}
+    if integrity.get("verdict") != "incomplete":
+        return None
+    reasons = integrity.get("reasons") or ["no reason recorded"]
+    more = f" (+{len(reasons) - 1} more in metrics.json trace_integrity)" if len(reasons) > 1 else ""
+    return (f"warning: trace incomplete ({', '.join(integrity.get('codes', []))}), its GPU idle numbers are not "
+            f"evidence: {reasons[0]}{more}")
 
 
 def _fmt(value: float | None, unit: str) -> str:
@@ -69,6 +83,9 @@ def _print_summary(ta, target: Path) -> None:
     if engine:
         line = f"engine thread {engine['tid']} (chosen by {engine['chosen_by']})"
         console.print(line + (f"; {engine['note']}" if engine.get("note") else ""))
+    warning = integrity_warning(doc)
+    if warning:
+        console.print(warning, style="bold yellow", markup=False, highlight=False, soft_wrap=True)
     if ta.has_gpu:
         table = Table(title=f"device {ta.device}", title_justify="left")
         table.add_column("metric")

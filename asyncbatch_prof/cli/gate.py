@@ -52,6 +52,9 @@ def gate(
         "--require-baseline", help="Exit 3 when no baseline is given.")] = False,
     allow_throttled: Annotated[bool, typer.Option(
         "--allow-throttled", help="A run whose clocks throttled is a warning instead of invalid (exit 4).")] = False,
+    allow_incomplete: Annotated[bool, typer.Option(
+        "--allow-incomplete", help="A run whose trace is incomplete (metrics.json trace_integrity) is a warning "
+        "instead of invalid (exit 4) for the metrics taken from the trace.")] = False,
     json_out: Annotated[Optional[str], typer.Option(
         "--json", metavar="FILE", help="Write the result as JSON to FILE ('-': stdout; the table then goes to stderr).",
         show_default=False)] = None,
@@ -68,7 +71,8 @@ def gate(
     """Check runs against budgets and a baseline, for CI; the exit code is the verdict.
 
     Exit codes: [bold]0[/] pass (warnings allowed), [bold]1[/] regression, [bold]2[/] usage or config error,
-    [bold]3[/] baseline missing when required, [bold]4[/] invalid measurement (metric absent, clocks throttled).
+    [bold]3[/] baseline missing when required, [bold]4[/] invalid measurement (metric absent, clocks throttled,
+    trace incomplete).
 
     Idle shares compare in percentage points ([cyan]--max-increase-pp gpu_idle_pct=2[/]).
 
@@ -100,6 +104,7 @@ def gate(
             spec.min_samples = min_samples
         spec.require_baseline = spec.require_baseline or require_baseline
         spec.allow_throttled = spec.allow_throttled or allow_throttled
+        spec.allow_incomplete = spec.allow_incomplete or allow_incomplete
         validate_settings(spec, "options")
         result = run_gate(runs, baseline or [], spec)
         _write_outputs(result, json_out, junit, benchmark_json, markdown, quiet)

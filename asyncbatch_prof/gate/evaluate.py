@@ -10,6 +10,8 @@ exit  verdict      when
                    ``--baseline`` path does not exist
 4     invalid      a checked metric is absent from a head or baseline run, a run's clocks
                    throttled (``clock_throttled`` true; ``--allow-throttled`` makes it a warning),
+                   a metric taken from the trace of a run whose trace is incomplete
+                   (``trace_integrity``; ``--allow-incomplete`` makes it a warning),
                    a run folder is incomplete, or a relative change has a zero baseline
 1     regression   an error-level check failed
 0     pass         everything else; warn-level failures are reported but do not fail
@@ -25,7 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from asyncbatch_prof.analysis.contract import lookup
+from asyncbatch_prof.analysis.contract import METRICS, lookup
 from asyncbatch_prof.errors import AbprofError
 from asyncbatch_prof.runfolder import INCOMPLETE, RUN_JSON, load_metrics, read_json
 
@@ -215,6 +217,41 @@ def evaluate_check(check: Check, head: list[Run], base: list[Run], spec: GateSpe
     if missing:
         res.status, res.note = "invalid", f"{check.metric} is absent: " + "; ".join(missing)
         return res
+    incomplete = _incomplete_traces(head + (base if check.needs_baseline else []), check.metric)
+    if incomplete and not spec.allow_incomplete:
+        res.status = "invalid"
+        res.note = "trace incomplete, not evidence: " + "; ".join(incomplete)
+        return res
+    res = _evaluate_values(check, res, spec)
+    if incomplete and res.status == "pass":
+        res.status = "warn"
+    if incomplete:
+        res.note = "; ".join(filter(None, [res.note, "trace incomplete, allowed by --allow-incomplete: "
+                                           + "; ".join(incomplete)]))
+    return res
+
+
+def _incomplete_traces(runs: list[Run], metric: str) -> list[str]:
+    """'path (reason codes)' for each run whose trace_integrity verdict is incomplete and covers ``metric``."""
+    out = []
+    name = metric.partition(".")[0]
+    for run in runs:
+        integrity = run.doc.get("trace_integrity") if isinstance(run.doc, dict) else None
+        if not isinstance(integrity, dict) or integrity.get("verdict") != "incomplete":
+            continue
+        affected = integrity.get("affected_metrics")
+        if not isinstance(affected, list):  # a document without the list: every metric taken from the trace
+            affected = [m.name for m in METRICS.values() if m.windowed]
+        if name not in affected:
+            continue
+        codes = integrity.get("codes")
+        why = ", ".join(map(str, codes)) if isinstance(codes, list) and codes else "no reason recorded"
+        out.append(f"{run.path} ({why})")
+    return out
+
+
+def _evaluate_values(check: Check, res: CheckResult, spec: GateSpec) -> CheckResult:
+    """Aggregate the values found, compare with the threshold and test significance."""
     res.head = aggregate(res.head_values, spec.aggregate)
     if res.baseline_values:
         res.baseline = aggregate(res.baseline_values, spec.aggregate)

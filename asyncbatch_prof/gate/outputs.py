@@ -140,6 +140,7 @@ def to_json(result: GateResult) -> dict[str, Any]:
         "counts": result.counts(),
         "settings": {"aggregate": spec.aggregate, "alpha": spec.alpha, "min_samples": spec.min_samples,
                      "require_baseline": spec.require_baseline, "allow_throttled": spec.allow_throttled,
+                     "allow_incomplete": spec.allow_incomplete,
                      "config": spec.source},
         "head": result.head,
         "baseline": result.baseline,

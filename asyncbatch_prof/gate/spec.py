@@ -16,6 +16,7 @@ TOML (``abprof.toml`` with a ``[gate]`` table, or ``[tool.abprof.gate]`` in ``py
     min_samples = 3             # per side, to test significance at all
     require_baseline = false
     allow_throttled = false
+    allow_incomplete = false    # an incomplete trace (trace_integrity) warns instead of invalidating
 
     [gate.metrics.gpu_idle_pct]
     max = 25
@@ -107,6 +108,7 @@ class GateSpec:
     min_samples: int = 3
     require_baseline: bool = False
     allow_throttled: bool = False
+    allow_incomplete: bool = False
     source: str | None = None  # the config file, if one was read
 
 
@@ -152,7 +154,8 @@ def parse_option(text: str, kind: str, level: str = "error") -> Check:
     return make_check(name.strip(), kind, value, level, source=option)
 
 
-_SETTING_KEYS = {"aggregate", "alpha", "min_samples", "require_baseline", "allow_throttled", "metrics"}
+_SETTING_KEYS = {"aggregate", "alpha", "min_samples", "require_baseline", "allow_throttled", "allow_incomplete",
+                 "metrics"}
 
 
 def _checks_from_table(metric: str, table: Mapping[str, Any], source: str) -> list[Check]:
@@ -198,7 +201,7 @@ def validate_settings(spec: GateSpec, source: str = "options") -> GateSpec:
         raise GateConfigError(f"{source}: alpha must be a number between 0 and 1, not {spec.alpha!r}")
     if isinstance(spec.min_samples, bool) or not isinstance(spec.min_samples, int) or spec.min_samples < 2:
         raise GateConfigError(f"{source}: min_samples must be an integer >= 2, not {spec.min_samples!r}")
-    for key in ("require_baseline", "allow_throttled"):
+    for key in ("require_baseline", "allow_throttled", "allow_incomplete"):
         if not isinstance(getattr(spec, key), bool):
             raise GateConfigError(f"{source}: {key} must be true or false")
     return spec

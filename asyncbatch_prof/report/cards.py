@@ -113,6 +113,20 @@ def throttle_banner(doc: Mapping[str, Any]) -> str:
     return ""
 
 
+def integrity_banner(doc: Mapping[str, Any]) -> str:
+    """A banner when the trace is incomplete (metrics.json trace_integrity): its idle numbers are not evidence."""
+    integrity = doc.get("trace_integrity")
+    if not isinstance(integrity, Mapping) or integrity.get("verdict") != "incomplete":
+        return ""
+    codes = integrity.get("codes") if isinstance(integrity.get("codes"), list) else []
+    reasons = integrity.get("reasons") if isinstance(integrity.get("reasons"), list) else []
+    items = "".join(f"<li>{_esc(r)}</li>" for r in reasons)
+    return (f'<div class="banner" data-metric="trace_complete" data-value="0" data-codes="{_esc(" ".join(map(str, codes)))}">'
+            "<b>This trace is incomplete</b>: GPU records are missing or the window holds work that never ran, so "
+            "the GPU idle numbers taken from it are not evidence (<code>abprof gate</code> refuses them)."
+            f"<ul>{items}</ul></div>")
+
+
 def _rows(mapping: Mapping[str, Any]) -> str:
     out = []
     for key, value in mapping.items():

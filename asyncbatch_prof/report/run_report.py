@@ -89,7 +89,8 @@ def header_html(view: RunView) -> str:
 def cards_html(doc: dict) -> str:
     """Headline cards, idle causes and NVML beside trace busy."""
     return (
-        cards.throttle_banner(doc)
+        cards.integrity_banner(doc)
+        + cards.throttle_banner(doc)
         + '<div class="cards headline">' + "".join(cards.card_html(doc, c) for c in cards.HEADLINE) + "</div>"
         + "<h2>Why the GPU was idle</h2>"
         + '<div class="cards causes">' + "".join(cards.card_html(doc, c) for c in cards.IDLE_CAUSES) + "</div>"
