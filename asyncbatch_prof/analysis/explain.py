@@ -105,6 +105,33 @@ def explain(a: dict, b: dict, tps: tuple[float | None, float | None] = (None, No
             "tokens_per_step": list(tps), "components": comps}
 
 
+HARDWARE = (("sm_active_pct", "SM active"), ("gpm_dram_bw_pct", "DRAM bandwidth"),
+            ("gpm_tensor_active_pct", "tensor active"), ("nvml_util_pct", "NVML util"))
+
+
+def hardware(doc: dict[str, Any]) -> dict[str, float]:
+    """NVML/GPM figures of a run's metrics.json (% means over the measured window), only those it has."""
+    out = {}
+    for name, _ in HARDWARE:
+        value = (doc.get("metrics") or {}).get(name)
+        if value is None:
+            value = ((doc.get("nvml") or {}).get(name) or {}).get("mean")
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[name] = float(value)
+    return out
+
+
+def hardware_line(a: dict[str, float], b: dict[str, float] | None = None) -> str | None:
+    """``SM active 71% → 45%, DRAM bandwidth 30% → 12%`` (one run when ``b`` is None); None if none measured."""
+    parts = []
+    for name, label in HARDWARE:
+        if b is None and name in a:
+            parts.append(f"{label} {a[name]:.0f}%")
+        elif b is not None and name in a and name in b:
+            parts.append(f"{label} {a[name]:.0f}% → {b[name]:.0f}%")
+    return ("NVML/GPM: " + ", ".join(parts)) if parts else None
+
+
 def _ms(v: float) -> str:
     return f"{v:+.3g} ms" if abs(v) >= 0.01 else f"{v * 1e3:+.3g} µs"
 

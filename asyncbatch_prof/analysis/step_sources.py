@@ -93,6 +93,26 @@ def load_steps_config(path: str | Path) -> StepsConfig:
     return StepsConfig(steps, {k: v for k, v in table.items() if v != "step"}, str(path))
 
 
+def find_steps_config(folder: str | Path) -> Path | None:
+    """The steps config a folder offers: its abprof.toml when that has a [steps] table, else its
+    pyproject.toml when that has [tool.abprof.steps]; None when neither does."""
+    for name, keys in (("abprof.toml", ("steps",)), ("pyproject.toml", ("tool", "abprof", "steps"))):
+        path = Path(folder) / name
+        if not path.is_file():
+            continue
+        try:
+            table: object = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
+            if name == "abprof.toml":
+                raise TraceError(f"cannot read steps config {path}: {exc}") from None
+            continue
+        for key in keys:
+            table = table.get(key) if isinstance(table, dict) else None
+        if isinstance(table, dict):
+            return path
+    return None
+
+
 def _matcher(pattern: str):
     glob = re.compile(fnmatch.translate(pattern))
     plain = not any(ch in pattern for ch in "*?[")

@@ -38,14 +38,17 @@ def analyze(
         Optional[Path],
         typer.Option("--steps-config", metavar="FILE", help="TOML mapping range names to steps and phases for an "
                      "engine abprof does not know: [steps] (abprof.toml) or [tool.abprof.steps] (pyproject.toml), "
-                     "each entry 'name pattern' = \"step\" or a phase label.", show_default=False),
+                     "each entry 'name pattern' = \"step\" or a phase label. Default: ./abprof.toml, or "
+                     "./pyproject.toml when it has that table.", show_default=False),
     ] = None,
 ) -> None:
     """Why was the GPU idle? GPU idle share, gap classes, CPU/GPU overlap and per-step statistics of a trace."""
     with cli_errors():
         from asyncbatch_prof.analysis import analyze as run_analysis
-        from asyncbatch_prof.analysis.step_sources import load_steps_config
+        from asyncbatch_prof.analysis.step_sources import find_steps_config, load_steps_config
 
+        if steps_config is None:
+            steps_config = find_steps_config(Path.cwd())
         config = load_steps_config(steps_config) if steps_config is not None else None
         ta = run_analysis(trace, launch_latency_threshold_us=threshold_us, steps_config=config)
         target = (out if out is not None else trace.parent) / "metrics.json"

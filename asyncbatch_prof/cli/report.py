@@ -68,6 +68,8 @@ def _print_table(views, warning: str | None, exs) -> None:
         console.print(f"[bold]{ex['verdict']}[/bold]", highlight=False)
         if "unit_reason" in ex:
             console.print(f"  (per {ex['unit']}: {ex['unit_reason']})", style="dim", highlight=False)
+        if ex.get("hardware_line"):
+            console.print(f"  {ex['hardware_line']} (sampled over the whole run)", style="dim", highlight=False)
     console.print(table)
 
 

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 from asyncbatch_prof import runfolder
 from asyncbatch_prof.analysis.contract import lookup, parse_name
-from asyncbatch_prof.analysis.explain import explain, tokens_per_step, verdict
+from asyncbatch_prof.analysis.explain import explain, hardware, hardware_line, tokens_per_step, verdict
 from asyncbatch_prof.errors import AbprofError
 from asyncbatch_prof.report import cards
 from asyncbatch_prof.report.page import Page
@@ -105,7 +105,9 @@ def explanations(views: Sequence[RunView]) -> list[dict]:
     out = []
     for name, view in zip(names[1:], views[1:]):
         ex = explain(step_time_of(base), step_time_of(view), (tokens_per_step(base.doc), tokens_per_step(view.doc)))
-        ex.update(a=names[0], b=name, verdict=verdict(ex, name))
+        hw = {"a": hardware(base.doc), "b": hardware(view.doc)}
+        ex.update(a=names[0], b=name, verdict=verdict(ex, name), hardware=hw,
+                  hardware_line=hardware_line(hw["a"], hw["b"]))
         out.append(ex)
     return out
 
@@ -216,6 +218,8 @@ def render_comparison(views: Sequence[RunView], warning: str | None = None, plot
     page.add("<h2>Why the time per step differs</h2>")
     for ex in exs:
         page.add(f'<p class="verdict">{html.escape(ex["verdict"])}</p>')
+        if ex.get("hardware_line"):
+            page.add(f'<p class="sub">{html.escape(ex["hardware_line"])} (sampled over the whole run)</p>')
         slot = FigureSlot("waterfall", "Explanation", waterfall_figure(ex, (ex["a"], ex["b"])), ex.get("absent"))
         page.add(page.figure(slot))
     page.add("<h2>Deltas</h2>" + _delta_table(views, names, exs))

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from asyncbatch_prof import runfolder
+from asyncbatch_prof.analysis.explain import hardware, hardware_line
 from asyncbatch_prof.analysis.step_time import one_line
 from asyncbatch_prof.report import cards
 from asyncbatch_prof.report.figures import (gap_histogram_figure, idle_by_cause_figure, latency_figure, nvml_figure,
@@ -108,7 +109,9 @@ def _step_split_html(page: Page, view: RunView) -> str:
     if line is None:
         return ""
     slot = FigureSlot("step_split", "Where a step's time goes", step_split_figure(doc.get("step_time")), "absent")
-    return f'<p class="verdict">{html.escape(line)}</p>' + page.figure(slot)
+    hw = hardware_line(hardware(view.doc))
+    beside = f'<p class="sub">{html.escape(hw)} (sampled over the whole run)</p>' if hw else ""
+    return f'<p class="verdict">{html.escape(line)}</p>' + beside + page.figure(slot)
 
 
 def render_report(view: RunView, plotly_src: str | None = None) -> str:

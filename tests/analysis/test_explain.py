@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -136,3 +137,23 @@ def test_outside_engines_steps_and_phases(name, source, phase):
         st["idle_us"]["launch_latency"] + st["idle_us"]["dependency"]
     assert parts == pytest.approx(st["window_us"], rel=1e-9)
     assert st["gpu_busy_us"]["gemm"] > 0 and st["gpu_busy_us"]["attention"] > 0
+
+
+def test_analyze_cli_prints_the_step_split_and_reads_abprof_toml(cli, trace_builder, tmp_path, monkeypatch):
+    t = trace_builder()
+    for k in range(2):
+        t.cpu("loop.iter", 100.0 * k, 100.0, cat="user_annotation")
+        t.launch(100.0 * k + 20.0, 1.0, [(100.0 * k + 25.0, 50.0)], op_name="cutlass_gemm")
+    trace = t.write(tmp_path / "t.json.gz")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "abprof.toml").write_text('[steps]\n"loop.iter" = "step"\n')
+    result = cli("analyze", trace)
+    assert result.exit_code == 0, result.output
+    doc = json.loads((tmp_path / "metrics.json").read_text())
+    assert doc["steps"]["source"] == "config" and doc["steps"]["count"] == 2
+    first = result.output.splitlines()[0]
+    assert first.startswith("per step (2 steps)") and "GEMM 0.05" in first
+    assert "steps from: 'loop.iter' from" in result.output
+    (tmp_path / "abprof.toml").write_text("[steps]\nnothing = 'x'\n")
+    result = cli("analyze", trace)
+    assert result.exit_code == 2 and "maps no name to \"step\"" in result.output and "Traceback" not in result.output

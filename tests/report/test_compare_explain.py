@@ -44,6 +44,7 @@ def test_compare_json_schema_and_sum(cli, tmp_path):
     shares = [d for d in doc["deltas"] if d["metric"] in WINDOW_SHARES]
     assert shares and all(d["direction"] != "better" for d in shares)
     assert any(d["direction"] == "neutral" and "of a longer step" in d["change"] for d in shares)
+    assert ex["hardware"]["a"]["nvml_util_pct"] == METRICS["nvml_util_pct"]
     html = (tmp_path / "cmp.html").read_text()
     assert 'data-figure="waterfall"' in html and '"type":"waterfall"' in html
 
