@@ -20,7 +20,9 @@ from asyncbatch_prof.analysis.host import engine_thread
 from asyncbatch_prof.analysis.integrity import trace_integrity
 from asyncbatch_prof.analysis.loader import CAT_NAMES, TraceEvents, load_trace
 from asyncbatch_prof.analysis.document import build_doc, gaps_frame, phases_frame
-from asyncbatch_prof.analysis.steps import launches_frame, step_ranges, step_window, steps_frame
+from asyncbatch_prof.analysis.step_sources import StepsConfig, detect_steps, phase_segments
+from asyncbatch_prof.analysis.step_time import step_categories_frame, step_time_doc
+from asyncbatch_prof.analysis.steps import launches_frame, step_window, steps_frame
 from asyncbatch_prof.analysis.windows import PhaseCache, WindowResult, window_metrics
 
 NO_GPU = "no GPU activity in trace"
@@ -35,7 +37,7 @@ class TraceAnalysis:
     names for ``device`` and the default window, or None when absent (``absent`` says why).
     """
 
-    def __init__(self, path: Path, ev: TraceEvents, threshold_us: float):
+    def __init__(self, path: Path, ev: TraceEvents, threshold_us: float, steps_config: StepsConfig | None = None):
         self.path = Path(path)
         self.launch_latency_threshold_us = float(threshold_us)
         self.base_time_ns = ev.base_time_ns
@@ -43,11 +45,13 @@ class TraceAnalysis:
         launches = join_launches(ev)
         self.devices: dict[int, DeviceOps] = device_ops(ev, launches)
         self.engine = engine_thread(ev, launches.pid, launches.tid)
-        self.step_ranges = step_ranges(ev, self.engine)
-        phases = PhaseCache(ev)
+        self.step_ranges, self.step_source = detect_steps(ev, self.engine, launches, steps_config)
+        engine_phases = self.step_source.get("phases") or {}
+        phases = PhaseCache(ev, lambda pid, tid: phase_segments(ev, pid, tid, engine_phases))
         self.windows: dict[int, dict[str, WindowResult | str]] = {}
         for dev, ops in self.devices.items():
-            self.windows[dev] = _device_windows(ops, launches, self.engine, self.step_ranges, phases, threshold_us)
+            self.windows[dev] = _device_windows(ops, launches, self.engine, self.step_ranges, phases, threshold_us,
+                                                self.step_source)
         self.device = max(self.devices, key=lambda d: (self.windows[d]["kernel"].metrics.get("gpu_busy_us", 0.0), -d),
                           default=None)
         self.window = self._default_window()
@@ -55,6 +59,7 @@ class TraceAnalysis:
         self.launches = launches_frame(ev, launches, self.devices)
         self.gaps = gaps_frame(ev, self.devices, self.windows)
         self.steps = self._steps_frame(ev, launches)
+        self.step_categories = step_categories_frame(ev, self)
         self.phases = phases_frame(self.windows.get(self.device, {}).get(self.window))
         self.cpu_phases = _cpu_phases_frame(ev, self.engine, phases)
         spans = {dev: {w: (r.lo, r.hi) for w, r in per.items() if isinstance(r, WindowResult)}
@@ -62,6 +67,8 @@ class TraceAnalysis:
         self.integrity = trace_integrity(ev, launches, self.devices,
                                          None if self.step_ranges is None else self.step_ranges.start_us, spans)
         self.doc = build_doc(self, ev)
+        self.doc["steps"].update(source=self.step_source["source"], source_detail=self.step_source["detail"])
+        self.doc["step_time"] = step_time_doc(ev, self)
         self.absent: dict[str, str] = self.doc["absent"]
         for name in HEADLINE:
             value, _ = contract.lookup(self.doc, name)
@@ -96,10 +103,10 @@ class TraceAnalysis:
         return path
 
 
-def _device_windows(ops, launches, engine, steps, phases, threshold_us) -> dict[str, WindowResult | str]:
+def _device_windows(ops, launches, engine, steps, phases, threshold_us, source) -> dict[str, WindowResult | str]:
     out: dict[str, WindowResult | str] = {}
     if steps is None:
-        out["step"] = "no abprof.step annotations in trace"
+        out["step"] = f"no steps in trace ({source['detail']})"
     else:
         span = step_window(steps, ops, launches)
         out["step"] = span if isinstance(span, str) else window_metrics(
@@ -127,10 +134,12 @@ def _cpu_phases_frame(ev: TraceEvents, engine, phases: PhaseCache) -> pd.DataFra
     return pd.DataFrame({"tid": engine.tid, "phase": names, "start_us": s + ev.origin_us, "end_us": e + ev.origin_us})
 
 
-def analyze(path: str | Path, launch_latency_threshold_us: float = 30.0) -> TraceAnalysis:
+def analyze(path: str | Path, launch_latency_threshold_us: float = 30.0,
+            steps_config: StepsConfig | None = None) -> TraceAnalysis:
     """Analyze a ``.json``/``.json.gz`` torch.profiler trace; the threshold separates launch latency from
-    dependency gaps (µs). Raises TraceError (exit 2 in the CLI) for unreadable input."""
+    dependency gaps (µs); ``steps_config`` maps range names to steps and phases for engines abprof does not
+    know. Raises TraceError (exit 2 in the CLI) for unreadable input."""
     if not launch_latency_threshold_us >= 0:
         raise TraceError(f"--threshold-us must be a non-negative number of µs, not {launch_latency_threshold_us}")
     ev = load_trace(path)
-    return TraceAnalysis(Path(path), ev, launch_latency_threshold_us)
+    return TraceAnalysis(Path(path), ev, launch_latency_threshold_us, steps_config)

@@ -35,17 +35,22 @@ class WindowResult:
 
 
 class PhaseCache:
-    """Phase segments per (pid, tid), computed once per thread that launched a host-bound op."""
+    """Phase segments per (pid, tid), computed once per thread that launched a host-bound op.
 
-    def __init__(self, ev: TraceEvents):
+    ``engine_phases(pid, tid)`` may return an engine's own phase segments (step_sources.phase_segments);
+    where it returns None the thread's innermost CPU rows are the phases."""
+
+    def __init__(self, ev: TraceEvents, engine_phases=None):
         self._ev = ev
+        self._engine_phases = engine_phases
         self._cache: dict[tuple[int, int], tuple] = {}
 
     def get(self, pid: int, tid: int) -> tuple:
         """(segment starts, ends, names) of the thread, µs."""
         key = (pid, tid)
         if key not in self._cache:
-            self._cache[key] = thread_phases(self._ev, pid, tid)
+            named = self._engine_phases(pid, tid) if self._engine_phases is not None else None
+            self._cache[key] = named if named is not None else thread_phases(self._ev, pid, tid)
         return self._cache[key]
 
 

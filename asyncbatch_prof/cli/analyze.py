@@ -34,12 +34,23 @@ def analyze(
                                                     "are launch latency; longer ones are dependency.")
     ] = 30.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print metrics.json to stdout instead of the summary.")] = False,
+    steps_config: Annotated[
+        Optional[Path],
+        typer.Option("--steps-config", metavar="FILE", help="TOML mapping range names to steps and phases for an "
+                     "engine abprof does not know: [steps] (abprof.toml) or [tool.abprof.steps] (pyproject.toml), "
+                     "each entry 'name pattern' = \"step\" or a phase label. Default: ./abprof.toml, or "
+                     "./pyproject.toml when it has that table.", show_default=False),
+    ] = None,
 ) -> None:
     """Why was the GPU idle? GPU idle share, gap classes, CPU/GPU overlap and per-step statistics of a trace."""
     with cli_errors():
         from asyncbatch_prof.analysis import analyze as run_analysis
+        from asyncbatch_prof.analysis.step_sources import find_steps_config, load_steps_config
 
-        ta = run_analysis(trace, launch_latency_threshold_us=threshold_us)
+        if steps_config is None:
+            steps_config = find_steps_config(Path.cwd())
+        config = load_steps_config(steps_config) if steps_config is not None else None
+        ta = run_analysis(trace, launch_latency_threshold_us=threshold_us, steps_config=config)
         target = (out if out is not None else trace.parent) / "metrics.json"
         ta.write_metrics(target)
         if as_json:
@@ -75,11 +86,17 @@ def _print_summary(ta, target: Path) -> None:
     from rich.table import Table
 
     from asyncbatch_prof.analysis.contract import lookup
+    from asyncbatch_prof.analysis.step_time import one_line
 
     console = Console()
     doc = ta.doc
+    line = one_line(doc)
+    if line:
+        console.print(f"[bold]{line}[/bold]", highlight=False)
     engine = doc["trace"]["engine_thread"]
     console.print(f"[bold]{ta.path}[/bold]")
+    steps = doc.get("steps", {})
+    console.print(f"steps from: {steps.get('source_detail')}", highlight=False)
     if engine:
         line = f"engine thread {engine['tid']} (chosen by {engine['chosen_by']})"
         console.print(line + (f"; {engine['note']}" if engine.get("note") else ""))

@@ -38,31 +38,31 @@ def report(
     typer.echo(f"report: {path}")
 
 
-def _print_table(views, warning: str | None) -> None:
+def _print_table(views, warning: str | None, exs) -> None:
     from rich.console import Console
     from rich.table import Table
 
     from asyncbatch_prof.analysis.contract import lookup
     from asyncbatch_prof.report.cards import format_value
-    from asyncbatch_prof.report.compare import COMPARED, delta, run_names
+    from asyncbatch_prof.report.compare import COMPARED, delta, is_slower, run_names
 
     names = run_names(views)
     table = Table(title=f"abprof compare (deltas against {names[0]})", title_justify="left")
     table.add_column("metric")
     for name in names:
         table.add_column(name, justify="right")
-    styles = {"better": "green", "worse": "red", "same": "dim"}
+    styles = {"better": "green", "worse": "red", "same": "dim", "neutral": "yellow"}
     for metric, label in COMPARED:
         base = lookup(views[0].doc, metric)[0]
         cells = []
-        for view in views:
+        for i, view in enumerate(views):
             value = lookup(view.doc, metric)[0]
             if value is None:
                 cells.append("[dim]absent[/dim]")
                 continue
             text = format_value(metric, value)
             if view is not views[0]:
-                d = delta(metric, label, base, value)
+                d = delta(metric, label, base, value, is_slower(exs[i - 1]))
                 if d.direction:
                     text += f" [{styles[d.direction]}]{d.change} ({d.direction})[/]"
             cells.append(text)
@@ -70,6 +70,12 @@ def _print_table(views, warning: str | None) -> None:
     console = Console()
     if warning:
         console.print(f"[yellow]warning:[/yellow] workloads differ (--force): {warning}", highlight=False)
+    for ex in exs:
+        console.print(f"[bold]{ex['verdict']}[/bold]", highlight=False)
+        if "unit_reason" in ex:
+            console.print(f"  (per {ex['unit']}: {ex['unit_reason']})", style="dim", highlight=False)
+        if ex.get("hardware_line"):
+            console.print(f"  {ex['hardware_line']} (sampled over the whole run)", style="dim", highlight=False)
     console.print(table)
 
 
@@ -82,20 +88,28 @@ def compare(
         "Default: the first run's parent folder.", show_default=False)] = None,
     force: Annotated[bool, typer.Option("--force", help="Compare runs of different workloads anyway.")] = False,
     plotly_js: PlotlyJs = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the explanation and deltas as JSON on stdout "
+                                          "(explanation.total_delta_ms, explanation.components[]).")] = False,
 ) -> None:
-    """Compare runs: a table of deltas with direction here, and the figures side by side in compare.html."""
+    """Compare runs: why the step time differs (a ranked verdict), a table of deltas with direction here,
+    and the waterfall and figures side by side in compare.html."""
     with cli_errors():
+        import json
+
         from asyncbatch_prof import runfolder
-        from asyncbatch_prof.report.compare import load_comparison, render_comparison
+        from asyncbatch_prof.report.compare import comparison_json, explanations, load_comparison, render_comparison
 
         views, warning = load_comparison(runs, force)
         target = out if out is not None else Path(runs[0]).resolve().parent
         path = target if target.suffix == ".html" else target / "compare.html"
-        _print_table(views, warning)
+        if as_json:
+            typer.echo(json.dumps(comparison_json(views, warning), indent=2))
+        else:
+            _print_table(views, warning, explanations(views))
         from asyncbatch_prof.report.page import provide_plotly_js
 
         runfolder.atomic_write_text(path, render_comparison(views, warning, plotly_js))
         note = provide_plotly_js(path, plotly_js)
     if note:
-        typer.echo(note)
-    typer.echo(f"comparison: {path}")
+        typer.echo(note, err=as_json)
+    typer.echo(f"comparison: {path}", err=as_json)

@@ -13,11 +13,14 @@ from typing import Any, Sequence
 
 from asyncbatch_prof import runfolder
 from asyncbatch_prof.analysis.contract import lookup, parse_name
+from asyncbatch_prof.analysis.explain import explain, hardware, hardware_line, tokens_per_step, verdict
 from asyncbatch_prof.errors import AbprofError
 from asyncbatch_prof.report import cards
 from asyncbatch_prof.report.page import Page
 from asyncbatch_prof.report.run_report import FIGURES, build_figures, cards_html
 from asyncbatch_prof.report.run_view import RunView, load_run
+from asyncbatch_prof.report.waterfall import waterfall_figure
+from asyncbatch_prof.report.page import FigureSlot
 
 COMPARED = [
     ("gpu_idle_pct.step", "GPU idle (step window)"), ("gpu_idle_pct.kernel", "GPU idle (kernel window)"),
@@ -30,10 +33,17 @@ COMPARED = [
 ]
 
 
+# Shares of a window: a lower idle share in a run whose step got longer is a share of a longer step, not an
+# improvement, so their direction follows the explanation's verdict (see reconcile)
+WINDOW_SHARES = frozenset({"gpu_idle_pct.step", "gpu_idle_pct.kernel", "host_bound_pct", "launch_latency_pct",
+                           "dependency_pct"})
+
+
 @dataclass(frozen=True, slots=True)
 class Delta:
     """One metric of one run against the baseline: the values, the change in words, and its direction
-    ('better', 'worse', 'same', or None when either side is absent)."""
+    ('better', 'worse', 'same', 'neutral' where the plain direction would contradict the verdict, or None
+    when either side is absent)."""
 
     metric: str
     label: str
@@ -43,8 +53,9 @@ class Delta:
     direction: str | None
 
 
-def delta(metric: str, label: str, base: float | None, value: float | None) -> Delta:
-    """Change from ``base`` to ``value``: percentage points for shares (%), relative % otherwise."""
+def delta(metric: str, label: str, base: float | None, value: float | None, slower: bool | None = None) -> Delta:
+    """Change from ``base`` to ``value``: percentage points for shares (%), relative % otherwise. ``slower``:
+    whether the explanation found the run slower per unit (None: unknown); see reconcile."""
     if base is None or value is None:
         return Delta(metric, label, base, value, "absent", None)
     contract, _ = parse_name(metric)
@@ -60,12 +71,67 @@ def delta(metric: str, label: str, base: float | None, value: float | None) -> D
         direction = "same"
     else:
         direction = "better" if (diff < 0) == (contract.better == "lower") else "worse"
-    return Delta(metric, label, base, value, change, direction)
+    return reconcile(Delta(metric, label, base, value, change, direction), slower)
 
 
-def deltas(base_doc: dict, doc: dict) -> list[Delta]:
+def reconcile(d: Delta, slower: bool | None) -> Delta:
+    """A window share's 'better' in a slower run (or 'worse' in a faster one) becomes 'neutral': the share
+    moved because the step's length moved, and the label must not contradict the verdict."""
+    if slower is None or d.metric not in WINDOW_SHARES or d.direction not in ("better", "worse"):
+        return d
+    if (d.direction == "better") == slower:
+        note = "of a longer step" if slower else "of a shorter step"
+        return Delta(d.metric, d.label, d.base, d.value, f"{d.change} {note}", "neutral")
+    return d
+
+
+def deltas(base_doc: dict, doc: dict, slower: bool | None = None) -> list[Delta]:
     """Every compared metric of ``doc`` against ``base_doc`` (metrics.json documents)."""
-    return [delta(m, label, lookup(base_doc, m)[0], lookup(doc, m)[0]) for m, label in COMPARED]
+    return [delta(m, label, lookup(base_doc, m)[0], lookup(doc, m)[0], slower) for m, label in COMPARED]
+
+
+def step_time_of(view: RunView) -> dict:
+    """The run's step_time section: from the fresh analysis when there is one (older metrics.json lack it)."""
+    fresh = getattr(view.analysis, "doc", None) or {}
+    if "step_time" in fresh:
+        return fresh["step_time"]
+    return view.doc.get("step_time") or {"absent": view.analysis_absent or "metrics.json has no step_time"}
+
+
+def explanations(views: Sequence[RunView]) -> list[dict]:
+    """The explanation of every run against the first (analysis.explain), with the run names."""
+    names = run_names(views)
+    base = views[0]
+    out = []
+    for name, view in zip(names[1:], views[1:]):
+        ex = explain(step_time_of(base), step_time_of(view), (tokens_per_step(base.doc), tokens_per_step(view.doc)))
+        hw = {"a": hardware(base.doc), "b": hardware(view.doc)}
+        ex.update(a=names[0], b=name, verdict=verdict(ex, name), hardware=hw,
+                  hardware_line=hardware_line(hw["a"], hw["b"]))
+        out.append(ex)
+    return out
+
+
+def is_slower(ex: dict) -> bool | None:
+    """Whether the explanation found B slower per unit (None when absent or unchanged)."""
+    total = ex.get("total_delta_ms")
+    if total is None or abs(total) <= 0.005 * max(ex.get("a_ms") or 0.0, 1e-12):
+        return None
+    return total > 0
+
+
+def comparison_json(views: Sequence[RunView], warning: str | None = None) -> dict:
+    """``compare --json``: runs, the explanation of the second run against the first (all in
+    ``explanations``), and the metric deltas with directions consistent with the verdicts."""
+    names = run_names(views)
+    exs = explanations(views)
+    rows = []
+    for name, view, ex in zip(names[1:], views[1:], exs):
+        for d in deltas(views[0].doc, view.doc, is_slower(ex)):
+            rows.append({"run": name, "metric": d.metric, "label": d.label, "base": d.base, "value": d.value,
+                         "change": d.change, "direction": d.direction})
+    return {"runs": names, "baseline": names[0], "workload_warning": warning, "explanation": exs[0],
+            "explanations": exs, "deltas": rows}
 
 
 def summary_line(d: Delta) -> str:
@@ -119,20 +185,20 @@ def run_names(views: Sequence[RunView]) -> list[str]:
     return names
 
 
-def _delta_table(views: Sequence[RunView], names: list[str]) -> str:
+def _delta_table(views: Sequence[RunView], names: list[str], exs: Sequence[dict] = ()) -> str:
     head = "<tr><th>metric</th>" + "".join(f"<th>{html.escape(n)}</th>" for n in names) + "</tr>"
     rows = []
     for m, label in COMPARED:
         cells = [f"<td>{html.escape(label)} <code>{m}</code></td>"]
         base = lookup(views[0].doc, m)[0]
-        for view in views:
+        for i, view in enumerate(views):
             value, reason = lookup(view.doc, m)
             if value is None:
                 cells.append(f'<td class="same" title="{html.escape(reason or "")}">absent</td>')
                 continue
             text = html.escape(cards.format_value(m, value))
             if view is not views[0]:
-                d = delta(m, label, base, value)
+                d = delta(m, label, base, value, is_slower(exs[i - 1]) if i - 1 < len(exs) else None)
                 if d.direction:
                     text += f' <span class="{d.direction}">{html.escape(d.change)}</span>'
             cells.append(f'<td data-metric="{m}" data-value="{value!r}">{text}</td>')
@@ -148,7 +214,15 @@ def render_comparison(views: Sequence[RunView], warning: str | None = None, plot
              f'<p class="sub">deltas against {html.escape(names[0])}; shares change in percentage points</p>')
     if warning:
         page.add(f'<p class="banner">Compared with --force although the workloads differ: {html.escape(warning)}</p>')
-    page.add("<h2>Deltas</h2>" + _delta_table(views, names))
+    exs = explanations(views)
+    page.add("<h2>Why the time per step differs</h2>")
+    for ex in exs:
+        page.add(f'<p class="verdict">{html.escape(ex["verdict"])}</p>')
+        if ex.get("hardware_line"):
+            page.add(f'<p class="sub">{html.escape(ex["hardware_line"])} (sampled over the whole run)</p>')
+        slot = FigureSlot("waterfall", "Explanation", waterfall_figure(ex, (ex["a"], ex["b"])), ex.get("absent"))
+        page.add(page.figure(slot))
+    page.add("<h2>Deltas</h2>" + _delta_table(views, names, exs))
     grid = f'<div class="grid" style="grid-template-columns:repeat({len(views)},minmax(0,1fr))">'
     page.add("<h2>Headline numbers</h2>" + grid + "".join(
         f'<div class="run" data-run="{html.escape(n)}"><h3>{html.escape(n)}</h3>{cards_html(v.doc)}</div>'

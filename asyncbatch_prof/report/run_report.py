@@ -9,12 +9,15 @@ from typing import Any
 import numpy as np
 
 from asyncbatch_prof import runfolder
+from asyncbatch_prof.analysis.explain import hardware, hardware_line
+from asyncbatch_prof.analysis.step_time import one_line
 from asyncbatch_prof.report import cards
 from asyncbatch_prof.report.figures import (gap_histogram_figure, idle_by_cause_figure, latency_figure, nvml_figure,
                                             step_series_figure)
 from asyncbatch_prof.report.page import FigureSlot, Page
 from asyncbatch_prof.report.run_view import RunView, inter_token_ms, load_run
 from asyncbatch_prof.report.timeline import merge_for_drawing, timeline_figure
+from asyncbatch_prof.report.waterfall import step_split_figure
 
 FIGURES = [
     ("timeline", "Timeline"),
@@ -99,10 +102,23 @@ def cards_html(doc: dict) -> str:
     )
 
 
+def _step_split_html(page: Page, view: RunView) -> str:
+    """Where a step's time goes, in one line and one chart (from the fresh analysis when there is one)."""
+    fresh = getattr(view.analysis, "doc", None) or {}
+    doc = fresh if "step_time" in fresh else view.doc
+    line = one_line(doc)
+    if line is None:
+        return ""
+    slot = FigureSlot("step_split", "Where a step's time goes", step_split_figure(doc.get("step_time")), "absent")
+    hw = hardware_line(hardware(view.doc))
+    beside = f'<p class="sub">{html.escape(hw)} (sampled over the whole run)</p>' if hw else ""
+    return f'<p class="verdict">{html.escape(line)}</p>' + beside + page.figure(slot)
+
+
 def render_report(view: RunView, plotly_src: str | None = None) -> str:
     """The report of one run as an HTML string (plotly.js embedded unless ``plotly_src`` names a copy to load)."""
     page = Page(f"abprof report · {view.run_dir.name}", plotly_src)
-    page.add(header_html(view) + cards_html(view.doc))
+    page.add(header_html(view) + _step_split_html(page, view) + cards_html(view.doc))
     for slot in build_figures(view):
         page.add(f"<h2>{html.escape(slot.title)}</h2>" + page.figure(slot))
     page.add("<h2>Configuration and environment</h2>" + cards.config_html(view.run))

@@ -77,7 +77,9 @@ def test_transformers_engine_thread_is_named_with_its_caveat():
     # transformers' batching loop runs on a worker thread for which only runtime calls were recorded
     assert engine["chosen_by"] == "launches" and engine["runtime_calls_only"] is True
     assert "lower bound" in engine["note"]
-    assert ta.window == "kernel" and ta.absent["gpu_idle_pct.step"] == "no abprof.step annotations in trace"
+    # without abprof.step, steps come from the trace's structure (its graph launches or host syncs)
+    assert ta.doc["steps"]["source"] == "structure" and ta.window == "step"
+    assert ta.doc["steps"]["count"] == len(ta.steps) > 0
     assert ta.base_time_ns == 1790857026000000000
 
 
