@@ -69,6 +69,11 @@ _METRICS = [
     _m("sm_active_pct", "%", False, "higher", "GPM SM activity"),
     _m("joules_per_token", "J/tok", False, "lower", "GPU energy per output token"),
     _m("clock_throttled", "bool", False, "lower", "the GPU's clocks were throttled during the run"),
+    # rank sets and communication (tensor parallelism, issue 17): analysis/comm.py, analysis/ranks.py
+    _m("comm_pct", "%", True, "lower", "share of the window with a collective (NCCL) kernel running"),
+    _m("comm_overlap_pct", "%", True, "higher", "share of collective time with compute on another stream"),
+    _m("gpu_idle_pct_worst_rank", "%", False, "lower", "gpu_idle_pct of the rank that idled most"),
+    _m("collective_wait_pct", "%", False, "lower", "share of matched collective time spent waiting for the last rank"),
 ]
 
 METRICS: dict[str, Metric] = {m.name: m for m in _METRICS}
