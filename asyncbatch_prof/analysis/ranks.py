@@ -111,7 +111,7 @@ def _clock_ns(ta: TraceAnalysis) -> int | None:
     """Epoch ns of trace µs 0: needs baseTimeNanoseconds or absolute epoch timestamps."""
     if ta.base_time_ns is None:
         return None
-    return int(ta.base_time_ns) + int(round(ta.origin_us * 1000))
+    return int(ta.base_time_ns) + int(ta.origin_us) * 1000  # origin is a whole µs: exact, unlike µs * 1000.0
 
 
 def device_doc(ta: TraceAnalysis, device: int) -> dict[str, Any]:

@@ -155,7 +155,7 @@ def _collective_metrics(ranks, matched, counts, shifts, clock, metrics, absent) 
     rank, last_counts = straggler(matched)
     if rank is None:
         return {"rank": None, "reason": "every matched collective started at the same time on all ranks"}
-    return {"rank": rank, "started_last": last_counts, "instances": counts["matched"],
+    return {"rank": rank, "started_last": {str(r): n for r, n in last_counts.items()}, "instances": counts["matched"],
             **_late_host_phases(ranks[rank], matched, shifts[rank])}
 
 

@@ -73,5 +73,5 @@ def print_rank_set(console, doc: dict[str, Any]) -> None:
     if st and st.get("rank") is not None:
         phase = f"; its engine thread was in {st['top_phase']!r} for {st['top_phase_pct']:.1f} % of its late time" \
             if st.get("top_phase") else ""
-        console.print(f"straggler: rank {st['rank']} started last in {st['started_last'].get(st['rank'], 0)} of "
+        console.print(f"straggler: rank {st['rank']} started last in {st['started_last'].get(str(st['rank']), 0)} of "
                       f"{st['instances']} collectives{phase}")
