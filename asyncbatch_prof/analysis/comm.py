@@ -94,7 +94,8 @@ def add_comm_metrics(res, ev: TraceEvents, ops: DeviceOps) -> None:
     """Add comm_pct / comm_overlap_pct (percent) and their µs to a WindowResult of one device."""
     window = res.hi - res.lo
     if not window > 0:
-        res.absent.update(comm_pct=f"the {res.name} window is empty", comm_overlap_pct=f"the {res.name} window is empty")
+        empty = f"the {res.name} window is empty"
+        res.absent.update(comm_pct=empty, comm_overlap_pct=empty)
         return
     comm, hidden = comm_intervals(ev, ops, res.lo, res.hi)
     comm_us, hidden_us = intervals.length(comm), intervals.length(hidden)

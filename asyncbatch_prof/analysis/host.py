@@ -75,7 +75,8 @@ def device_engine_threads(ev: TraceEvents, launch_pid: np.ndarray, launch_tid: n
         launch = np.unique(launch[launch >= 0])
         pid, tid = launch_pid[launch], launch_tid[launch]
         annotated = default is not None and default.source == "annotations"
-        if default is not None and (not launch.size or (annotated and ((pid == default.pid) & (tid == default.tid)).any())):
+        launched_here = annotated and ((pid == default.pid) & (tid == default.tid)).any()
+        if default is not None and (not launch.size or launched_here):
             out[dev] = default
         elif launch.size:
             best = _most_common(pid, tid)

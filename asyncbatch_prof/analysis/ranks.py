@@ -100,7 +100,7 @@ def find_rank_traces(path: str | Path) -> RankSetSource:
         if not (path / PLAIN_TRACE).is_file():
             raise TraceError(f"run folder {path} holds no {PLAIN_TRACE}")
         return RankSetSource("run", path, [path / PLAIN_TRACE], run)
-    files = sorted(p for p in path.iterdir() if p.is_file() and (p.name.endswith(".json") or p.name.endswith(".json.gz"))
+    files = sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith((".json", ".json.gz"))
                    and not _NOT_TRACES.match(p.name))
     if not files:
         raise TraceError(f"no trace (*.json, *.json.gz) in folder {path}")

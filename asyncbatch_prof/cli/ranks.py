@@ -29,6 +29,9 @@ def write_rank_set(rs, out_dir: Path, base_doc: dict[str, Any] | None = None) ->
                                                  if k in ("gpu_idle_pct_worst_rank", "collective_wait_pct")}}
     target = out_dir / "metrics.json"
     atomic_write_json(target, doc)
+    from asyncbatch_prof.report.ranks import write_rank_report
+
+    write_rank_report(rs, out_dir / "ranks.html")
     return target
 
 
