@@ -151,3 +151,20 @@ def test_tp_run_folder_and_gate_on_merged_metrics(tmp_path, trace_builder):
     gate = CliRunner().invoke(app, ["gate", str(run), "--no-config", "--max", "collective_wait_pct=30",
                                     "--max", "gpu_idle_pct_worst_rank=100", "--min", "comm_overlap_pct=1"])
     assert gate.exit_code == 0, gate.output
+
+
+def test_compare_reads_the_merged_rank_metrics(tmp_path, trace_builder):
+    runs = []
+    for name, late_start in (("a", 140), ("b", 110)):
+        run = tmp_path / name
+        (run / "traces").mkdir(parents=True)
+        (run / "run.json").write_text(json.dumps({"status": "complete", "tp": 2, "workload": {"prompts": 1}}))
+        _rank_trace(trace_builder, run / "traces" / "rank0.json.gz", 100, 60, compute=True, late_phase=False)
+        _rank_trace(trace_builder, run / "traces" / "rank1.json.gz", late_start, 100, compute=False, late_phase=True)
+        assert CliRunner().invoke(app, ["analyze", str(run), "-j", "1"]).exit_code == 0
+        runs.append(str(run))
+    result = CliRunner().invoke(app, ["compare", *runs, "-o", str(tmp_path / "c.html")], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    # a: rank 0 waits 40 of 200 µs in collectives (20 %); b: 10 of 230 µs
+    line = next(l for l in result.output.splitlines() if "collective wait" in l)
+    assert "20.0%" in line and f"{100 * 10 / 230:.1f}%" in line and "(better)" in line, line
