@@ -81,6 +81,9 @@ def find_rank_traces(path: str | Path) -> RankSetSource:
     if path.is_file():
         return RankSetSource("file", path, [path])
     run_json = path / RUN_JSON
+    if (path / "INCOMPLETE").exists():
+        reason = (path / "INCOMPLETE").read_text(errors="replace").strip() or "no reason recorded"
+        raise TraceError(f"run folder {path} is incomplete: {reason}")
     if run_json.is_file():
         try:
             run = json.loads(run_json.read_text())

@@ -105,7 +105,7 @@ def _rank_trace(builder, path: Path, coll_start: float, launch_at: float, comput
         b.cpu("slow_sampling", 80, 50)
     b.launch(launch_at, 5, [(coll_start, 200 - coll_start)], stream=20, op_name=NCCL)
     b.launch(launch_at + 200, 5, [(400, 20)], stream=20, op_name=NCCL)  # started together: nobody waited
-    return b.write(path)
+    return b.write(path, gz=path.name.endswith(".gz"))
 
 
 def test_synthetic_two_ranks_known_wait_transfer_overlap(tmp_path, trace_builder):
@@ -141,6 +141,10 @@ def test_tp_run_folder_and_gate_on_merged_metrics(tmp_path, trace_builder):
     _rank_trace(trace_builder, run / "traces" / "rank0.json.gz", 100, 60, compute=True, late_phase=False)
     result = CliRunner().invoke(app, ["analyze", str(run)])
     assert result.exit_code == 2 and "rank1.json.gz" in result.output, result.output
+    (run / "INCOMPLETE").write_text("killed")
+    result = CliRunner().invoke(app, ["analyze", str(run)])
+    assert result.exit_code == 2 and "incomplete: killed" in result.output, result.output
+    (run / "INCOMPLETE").unlink()
     _rank_trace(trace_builder, run / "traces" / "rank1.json.gz", 140, 130, compute=False, late_phase=True)
     result = CliRunner().invoke(app, ["analyze", str(run)], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
@@ -168,3 +172,20 @@ def test_compare_reads_the_merged_rank_metrics(tmp_path, trace_builder):
     # a: rank 0 waits 40 of 200 µs in collectives (20 %); b: 10 of 230 µs
     line = next(l for l in result.output.splitlines() if "collective wait" in l)
     assert "20.0%" in line and f"{100 * 10 / 230:.1f}%" in line and "(better)" in line, line
+
+
+def test_plain_run_folder_and_file_order_ranks(tmp_path, trace_builder):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"status": "complete"}))
+    trace = _rank_trace(trace_builder, run / "trace.json.gz", 100, 60, compute=True, late_phase=False)
+    result = CliRunner().invoke(app, ["analyze", str(run)])
+    assert result.exit_code == 0, result.output
+    assert json.loads((run / "metrics.json").read_text())["metrics"] == analyze(trace).doc["metrics"]
+    folder = tmp_path / "set"
+    folder.mkdir()
+    _rank_trace(trace_builder, folder / "y.json.gz", 100, 60, compute=True, late_phase=False)
+    _rank_trace(trace_builder, folder / "x.json", 140, 130, compute=False, late_phase=True)
+    (folder / "metrics.json").write_text("{}")  # an earlier result in the folder is not a trace
+    rs = analyze_rank_set(folder, jobs=1)
+    assert [Path(p.path).name for p in rs.ranks.values()] == ["x.json", "y.json.gz"]
