@@ -2,6 +2,9 @@
 
     python benchmarks/rank_set_scaling.py [--trace PATH] [--ranks 8]
 
+The committed default trace is small (start-up dominates); for a meaningful figure pass a large one,
+e.g. one written by ``benchmarks/trace_speed.py --keep DIR``.
+
 With as many usable cores as ranks, N ranks with N workers should take about the time of one rank plus
 process start-up; with one worker about N times that. Copies are named rank<k>.json.gz (the rank comes
 from the name; a trace carrying distributedInfo.rank would collide, so pick one without it).
@@ -18,7 +21,7 @@ from pathlib import Path
 
 from asyncbatch_prof.analysis.rankset import analyze_rank_set
 
-DEFAULT = Path(__file__).resolve().parents[1] / "shared" / "traces" / "h100" / "transformers-cb-async.json.gz"
+DEFAULT = Path(__file__).resolve().parents[1] / "tests" / "data" / "traces" / "transformers-cb-async-slice.json.gz"
 
 
 def _timed(folder: Path, jobs: int) -> float:
