@@ -72,6 +72,11 @@ _METRICS = [
     # trace integrity (issue 15): whether the trace holds the GPU side of every launch
     _m("trace_complete", "bool", False, "higher", "every launch and GPU record accounted for (trace_integrity ok)"),
     _m("missing_gpu_records_pct", "%", False, "lower", "share of kernel/graph launches with GPU records missing"),
+    # rank sets and communication (tensor parallelism, issue 17): analysis/comm.py, analysis/ranks.py
+    _m("comm_pct", "%", True, "lower", "share of the window with a collective (NCCL) kernel running"),
+    _m("comm_overlap_pct", "%", True, "higher", "share of collective time with compute on another stream"),
+    _m("gpu_idle_pct_worst_rank", "%", False, "lower", "gpu_idle_pct of the rank that idled most"),
+    _m("collective_wait_pct", "%", False, "lower", "share of matched collective time spent waiting for the last rank"),
 ]
 
 METRICS: dict[str, Metric] = {m.name: m for m in _METRICS}

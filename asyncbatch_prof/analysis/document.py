@@ -127,6 +127,8 @@ def build_doc(ta, ev: TraceEvents) -> dict[str, Any]:
             "time_base": "absolute epoch µs" if ev.base_time_ns == 0 else "relative to baseTimeNanoseconds"
             if ev.base_time_ns else "unknown",
             "events": ev.counts, "devices": sorted(ta.devices), "engine_thread": engine_doc,
+            "device_engine_threads": {str(d): {"pid": t.pid, "tid": t.tid, "chosen_by": t.source}
+                                      for d, t in sorted(ta.engines.items())},
             "profiled_steps": None if ta.step_ranges is None else int(ta.step_ranges.index.size),
         },
         "device": ta.device, "default_window": ta.window,

@@ -55,16 +55,44 @@ def engine_thread(ev: TraceEvents, launch_pid: np.ndarray, launch_tid: np.ndarra
     is_step = names_matching(ev, lambda n: n == STEP)[ev.name] & (ev.cat == USER_ANNOTATION)
     if is_step.any():
         pid, tid = _most_common(ev.pid[is_step], ev.tid[is_step])
-        source = "annotations"
+        return _measure(ev, pid, tid, "annotations")
+    if launch_pid.size:
+        pid, tid = _most_common(launch_pid, launch_tid)
+        return _measure(ev, pid, tid, "launches")
+    return None
+
+
+def device_engine_threads(ev: TraceEvents, launch_pid: np.ndarray, launch_tid: np.ndarray,
+                          op_launch: dict[int, np.ndarray], default: EngineThread | None) -> dict[int, EngineThread]:
+    """The engine thread of each device: the thread that issued the most launches TO THAT DEVICE (a trace
+    holding two ranks has two engine threads), or the annotated ``default`` where it launched ops there.
+
+    ``op_launch`` maps a device to the launch index (into launch_pid/launch_tid, −1 when unrecorded) of
+    each of its ops. Devices whose ops have no recorded launch get ``default`` (may be absent).
+    """
+    out: dict[int, EngineThread] = {}
+    for dev, launch in op_launch.items():
+        launch = np.unique(launch[launch >= 0])
+        pid, tid = launch_pid[launch], launch_tid[launch]
+        annotated = default is not None and default.source == "annotations"
+        launched_here = annotated and ((pid == default.pid) & (tid == default.tid)).any()
+        if default is not None and (not launch.size or launched_here):
+            out[dev] = default
+        elif launch.size:
+            best = _most_common(pid, tid)
+            out[dev] = default if default is not None and best == (default.pid, default.tid) else \
+                _measure(ev, best[0], best[1], "launches to this device")
+    return out
+
+
+def _measure(ev: TraceEvents, pid: int, tid: int, source: str) -> EngineThread:
+    """Host work and blocked time of one thread: abprof.* ranges if annotated, else all its host rows."""
+    if source == "annotations":
         annotated = names_matching(ev, lambda n: n.startswith(ANNOTATION_PREFIX))
         rows = thread_rows(ev, pid, tid, (USER_ANNOTATION,))
         rows = rows[annotated[ev.name[rows]]]
-    elif launch_pid.size:
-        pid, tid = _most_common(launch_pid, launch_tid)
-        source = "launches"
-        rows = thread_rows(ev, pid, tid, HOST_CATS)
     else:
-        return None
+        rows = thread_rows(ev, pid, tid, HOST_CATS)
     is_sync = names_matching(ev, lambda n: n in SYNC_CALLS or n == SYNC_WAIT)
     all_rows = thread_rows(ev, pid, tid, HOST_CATS)
     sync_rows = all_rows[is_sync[ev.name[all_rows]]]

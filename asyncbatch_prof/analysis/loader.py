@@ -282,7 +282,8 @@ def _finish(columns: _Columns, header: dict[str, Any]) -> TraceEvents:
         names=names,
         origin_us=origin,
         base_time_ns=_base_time_ns(header, origin),
-        header={k: v for k, v in header.items() if not isinstance(v, (list, dict)) or k == "deviceProperties"},
+        header={k: v for k, v in header.items()
+                if not isinstance(v, (list, dict)) or k in ("deviceProperties", "distributedInfo")},
         counts=counts,
     )
     counts["kept"] = len(ev)

@@ -14,9 +14,10 @@ import numpy as np
 import pandas as pd
 
 from asyncbatch_prof.analysis import contract
+from asyncbatch_prof.analysis.comm import add_comm_metrics
 from asyncbatch_prof.analysis.errors import TraceError
 from asyncbatch_prof.analysis.gpu import DeviceOps, device_ops, join_launches
-from asyncbatch_prof.analysis.host import engine_thread
+from asyncbatch_prof.analysis.host import device_engine_threads, engine_thread
 from asyncbatch_prof.analysis.integrity import trace_integrity
 from asyncbatch_prof.analysis.loader import CAT_NAMES, TraceEvents, load_trace
 from asyncbatch_prof.analysis.document import build_doc, gaps_frame, phases_frame
@@ -45,15 +46,33 @@ class TraceAnalysis:
         launches = join_launches(ev)
         self.devices: dict[int, DeviceOps] = device_ops(ev, launches)
         self.engine = engine_thread(ev, launches.pid, launches.tid)
-        self.step_ranges, self.step_source = detect_steps(ev, self.engine, launches, steps_config)
+        # each device gets the thread that launched to it: in a file holding two ranks, two engine threads
+        self.engines = device_engine_threads(ev, launches.pid, launches.tid,
+                                             {d: ops.launch for d, ops in self.devices.items()}, self.engine)
+        # steps come from each device's own engine thread (two ranks in one file step independently)
+        def key(thread):
+            return None if thread is None else (thread.pid, thread.tid)
+
+        detected = {}
+        for thread in [self.engine, *(self.engines.get(d) for d in self.devices)]:
+            if key(thread) not in detected:
+                detected[key(thread)] = detect_steps(ev, thread, launches, steps_config)
+        self.step_ranges, self.step_source = detected[key(self.engine)]
         engine_phases = self.step_source.get("phases") or {}
         phases = PhaseCache(ev, lambda pid, tid: phase_segments(ev, pid, tid, engine_phases))
         self.windows: dict[int, dict[str, WindowResult | str]] = {}
         for dev, ops in self.devices.items():
-            self.windows[dev] = _device_windows(ops, launches, self.engine, self.step_ranges, phases, threshold_us,
-                                                self.step_source)
+            ranges, source = detected[key(self.engines.get(dev))]
+            self.windows[dev] = _device_windows(ops, launches, self.engines.get(dev), ranges, phases,
+                                                threshold_us, source)
+            for res in self.windows[dev].values():
+                if isinstance(res, WindowResult):
+                    add_comm_metrics(res, ev, ops)
         self.device = max(self.devices, key=lambda d: (self.windows[d]["kernel"].metrics.get("gpu_busy_us", 0.0), -d),
                           default=None)
+        if self.device is not None and self.engines.get(self.device) is not None:
+            self.engine = self.engines[self.device]
+            self.step_ranges, self.step_source = detected[key(self.engine)]
         self.window = self._default_window()
         self.gpu_ops = _gpu_ops_frame(ev, self.devices)
         self.launches = launches_frame(ev, launches, self.devices)

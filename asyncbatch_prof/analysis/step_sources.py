@@ -176,22 +176,29 @@ def _tiled(starts: np.ndarray, last_end: float) -> StepRanges:
 def detect_steps(ev: TraceEvents, engine: EngineThread | None, launches: Launches,
                  config: StepsConfig | None = None) -> tuple[StepRanges | None, dict]:
     """The profiled steps and where they came from: ({"source", "detail", ...}); (None, {...reason}) if none."""
+    def own(rows: np.ndarray) -> np.ndarray:
+        # a file holding several processes (ranks): the engine's own process' markers, where it has any
+        if engine is None:
+            return rows
+        mine = rows[ev.pid[rows] == engine.pid]
+        return mine if mine.size else rows
+
     annotated = step_ranges(ev, engine)
     if annotated is not None:
         return annotated, {"source": "abprof", "detail": "abprof.step annotations (first profiled step excluded)"}
     if config is not None:
         for pattern in config.steps:
-            found = _outermost(ev, _marker_rows(ev, pattern))
+            found = _outermost(ev, own(_marker_rows(ev, pattern)))
             if found is not None:
                 return found, {"source": "config", "detail": f"{pattern!r} from {config.path}",
                                "phases": dict(config.phases)}
-    found = _outermost(ev, np.flatnonzero(names_matching(ev, lambda n: n.startswith("ProfilerStep#"))[ev.name]
-                                          & (ev.cat == USER_ANNOTATION)))
+    found = _outermost(ev, own(np.flatnonzero(names_matching(ev, lambda n: n.startswith("ProfilerStep#"))[ev.name]
+                                              & (ev.cat == USER_ANNOTATION))))
     if found is not None:
         return found, {"source": "profiler_steps", "detail": "ProfilerStep#N ranges"}
     for markers in KNOWN_ENGINES:
         for pattern in markers.steps:
-            found = _outermost(ev, _marker_rows(ev, pattern))
+            found = _outermost(ev, own(_marker_rows(ev, pattern)))
             if found is not None:
                 return found, {"source": markers.engine, "detail": f"{markers.engine} markers {pattern!r}",
                                "phases": dict(markers.phases)}

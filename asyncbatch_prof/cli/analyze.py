@@ -18,13 +18,16 @@ _ROWS = (
     ("overlap_pct", "CPU/GPU overlap", "%"),
     ("sync_wait_pct", "sync wait", "%"),
     ("stream_concurrency_pct", "stream concurrency", "%"),
+    ("comm_pct", "communication (NCCL)", "%"),
+    ("comm_overlap_pct", "  overlapped by compute", "%"),
     ("gpu_busy_us", "GPU busy", "ms"),
     ("window_us", "window", "ms"),
 )
 
 
 def analyze(
-    trace: Annotated[Path, typer.Argument(help="torch.profiler trace (.json or .json.gz).", show_default=False)],
+    trace: Annotated[Path, typer.Argument(help="torch.profiler trace (.json or .json.gz), a run folder, or a folder "
+                                               "of per-rank traces.", show_default=False)],
     out: Annotated[
         Optional[Path],
         typer.Option("--out", "-o", help="Folder for metrics.json (default: beside the trace).", show_default=False),
@@ -41,25 +44,45 @@ def analyze(
                      "each entry 'name pattern' = \"step\" or a phase label. Default: ./abprof.toml, or "
                      "./pyproject.toml when it has that table.", show_default=False),
     ] = None,
+    jobs: Annotated[
+        Optional[int], typer.Option("--jobs", "-j", min=1, help="Worker processes for a rank set (default: one per "
+                                                                "trace, up to the usable cores).", show_default=False)
+    ] = None,
 ) -> None:
-    """Why was the GPU idle? GPU idle share, gap classes, CPU/GPU overlap and per-step statistics of a trace."""
+    """Why was the GPU idle? GPU idle share, gap classes, CPU/GPU overlap and per-step statistics of a trace;
+    for a rank set (a folder of per-rank traces, a TP run folder, a trace with several devices) also per-rank
+    figures, communication, collective wait vs transfer and the straggler."""
     with cli_errors():
         from asyncbatch_prof.analysis import analyze as run_analysis
+        from asyncbatch_prof.analysis.ranks import find_rank_traces
         from asyncbatch_prof.analysis.step_sources import find_steps_config, load_steps_config
 
+        rank_set = None
+        if trace.is_dir():
+            source = find_rank_traces(trace)
+            if source.kind != "run":
+                return _analyze_rank_set(trace, out if out is not None else trace, threshold_us, jobs, as_json)
+            out, trace = out if out is not None else trace, source.files[0]
         if steps_config is None:
             steps_config = find_steps_config(Path.cwd())
         config = load_steps_config(steps_config) if steps_config is not None else None
         ta = run_analysis(trace, launch_latency_threshold_us=threshold_us, steps_config=config)
         target = (out if out is not None else trace.parent) / "metrics.json"
-        ta.write_metrics(target)
+        if len(ta.devices) > 1:
+            from asyncbatch_prof.analysis.rankset import analyze_rank_set
+            from asyncbatch_prof.cli.ranks import write_rank_set
+
+            rank_set = analyze_rank_set(trace, threshold_us)
+            write_rank_set(rank_set, target.parent, base_doc=ta.doc)
+        else:
+            ta.write_metrics(target)
         if as_json:
-            typer.echo(json.dumps(ta.doc, indent=2))
+            typer.echo(json.dumps(ta.doc if rank_set is None else json.loads(target.read_text()), indent=2))
             warning = integrity_warning(ta.doc)
             if warning:
                 typer.echo(warning, err=True)
         else:
-            _print_summary(ta, target)
+            _print_summary(ta, target, rank_set)
     if not ta.has_gpu:
         raise fail(f"no GPU activity in trace {trace} (CPU-side numbers written to {target})")
 
@@ -81,7 +104,24 @@ def _fmt(value: float | None, unit: str) -> str:
     return f"{value / 1e3:,.3f} ms" if unit == "ms" else f"{value:.2f} %"
 
 
-def _print_summary(ta, target: Path) -> None:
+def _analyze_rank_set(path: Path, out: Path, threshold_us: float, jobs: int | None, as_json: bool) -> None:
+    from rich.console import Console
+
+    from asyncbatch_prof.analysis.rankset import analyze_rank_set
+    from asyncbatch_prof.cli.ranks import print_rank_set, write_rank_set
+
+    rs = analyze_rank_set(path, threshold_us, jobs)
+    target = write_rank_set(rs, out)
+    if as_json:
+        typer.echo(json.dumps(rs.doc, indent=2))
+        return
+    console = Console()
+    console.print(f"[bold]{path}[/bold]")
+    print_rank_set(console, rs.doc)
+    console.print(f"wrote {target} and {len(rs.ranks)} per-rank metrics.json under {out / 'ranks'}")
+
+
+def _print_summary(ta, target: Path, rank_set=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -97,21 +137,33 @@ def _print_summary(ta, target: Path) -> None:
     console.print(f"[bold]{ta.path}[/bold]")
     steps = doc.get("steps", {})
     console.print(f"steps from: {steps.get('source_detail')}", highlight=False)
-    if engine:
+    if engine and len(ta.devices) <= 1:
         line = f"engine thread {engine['tid']} (chosen by {engine['chosen_by']})"
         console.print(line + (f"; {engine['note']}" if engine.get("note") else ""))
     warning = integrity_warning(doc)
     if warning:
         console.print(warning, style="bold yellow", markup=False, highlight=False, soft_wrap=True)
-    if ta.has_gpu:
-        table = Table(title=f"device {ta.device}", title_justify="left")
+    threads = doc["trace"].get("device_engine_threads", {})
+    for dev in sorted(ta.devices, key=lambda d: (d != ta.device, d)):
+        if len(ta.devices) > 1:
+            t = threads.get(str(dev))
+            console.print(f"device {dev}: engine thread " + (f"{t['tid']} (pid {t['pid']}, chosen by {t['chosen_by']})"
+                                                             if t else "none recorded"))
+        table = Table(title=f"device {dev}" + (" (headline)" if len(ta.devices) > 1 and dev == ta.device else ""),
+                      title_justify="left")
         table.add_column("metric")
         for window in ("step", "kernel"):
             table.add_column(f"{window} window", justify="right")
+        per = doc["devices"].get(str(dev), {})
         for name, label, unit in _ROWS:
-            cells = [_fmt(lookup(doc, f"{name}.{w}")[0], unit) for w in ("step", "kernel")]
+            cells = [_fmt(per.get(w, {}).get("metrics", {}).get(name), unit) for w in ("step", "kernel")]
             table.add_row(label, *cells)
         console.print(table)
+    if rank_set is not None:
+        from asyncbatch_prof.cli.ranks import print_rank_set
+
+        print_rank_set(console, rank_set.doc)
+    if ta.has_gpu:
         for why, names in _absent_by_reason(doc["absent"]).items():
             console.print(f"absent ({why}): {', '.join(names)}", style="dim")
         if len(ta.phases):

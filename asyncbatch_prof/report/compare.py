@@ -30,6 +30,8 @@ COMPARED = [
     ("ttft_ms_p50", "TTFT p50"), ("ttft_ms_p99", "TTFT p99"), ("itl_ms_p50", "ITL p50"), ("itl_ms_p99", "ITL p99"),
     ("e2e_ms_p50", "e2e p50"), ("e2e_ms_p99", "e2e p99"),
     ("nvml_util_pct", "NVML util (any kernel running)"), ("joules_per_token", "energy per token"),
+    ("comm_pct", "communication (NCCL)"), ("comm_overlap_pct", "communication overlapped"),
+    ("gpu_idle_pct_worst_rank", "GPU idle, worst rank"), ("collective_wait_pct", "collective wait"),
 ]
 
 
