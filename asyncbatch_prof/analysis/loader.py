@@ -20,6 +20,7 @@ import gc
 import json
 import math
 import operator
+import re
 from dataclasses import dataclass, field
 from itertools import compress, repeat
 from pathlib import Path
@@ -44,6 +45,8 @@ CAT_NAMES = ("kernel", "gpu_memcpy", "gpu_memset", "cuda_runtime", "cuda_driver"
              "python_function")
 _COLUMNS = {"cat": np.int8, "name": np.int32, "pid": np.int64, "tid": np.int64, "ts": np.float64,
             "dur": np.float64, "corr": np.int64, "nbytes": np.float64}
+_TAIL_TRIES = 64
+_SURROGATE = re.compile("[\ud800-\udfff]")
 _TIME_LIMIT_US = 2.0**53  # beyond it float64 holds no whole µs (and sums of such times overflow)
 _EPOCH_US = 1e15  # timestamps above this are absolute epoch µs (after 2001), below it relative to baseTime
 
@@ -320,7 +323,7 @@ def _safe(name: str) -> str:
         name.encode("utf-8")
         return name
     except UnicodeEncodeError:
-        return name.encode("utf-8", "surrogatepass").decode("utf-8", "replace")
+        return _SURROGATE.sub("\ufffd", name)
 
 
 def _base_time_ns(header: dict[str, Any], origin_us: float) -> int | None:
@@ -376,24 +379,26 @@ def _stream_document(reader: CappedReader, columns: _Columns) -> dict[str, Any] 
 
 
 def _tail(head: bytes, tail: bytes, columns: _Columns) -> dict[str, Any] | None:
-    """The last event(s) end at the first ']' after which they parse as a list; the header is the rest."""
-    end = tail.find(b"]")
-    while end >= 0:
+    """The last event(s) and the array's end: the ']' after which the rest parses as the header's last
+    keys, tried from the end (the keys after the array are few and short: a bounded number of tries)."""
+    end = len(tail)
+    for _ in range(_TAIL_TRIES):
+        end = tail.rfind(b"]", 0, end)
+        if end < 0:
+            return None
+        try:
+            header = _loads(head + b"[]" + tail[end + 1:])
+        except _NotParsed:
+            continue
+        if not isinstance(header, dict):
+            return None
         try:
             last = _loads(b"[" + tail[:end] + b"]")
-            break
         except _NotParsed:
-            end = tail.find(b"]", end + 1)
-    else:
-        return None
-    try:
-        header = _loads(head + b"[]" + tail[end + 1:])
-    except _NotParsed:
-        return None
-    if not isinstance(header, dict) or not isinstance(last, list):
-        return None
-    columns.add(last)
-    return header
+            return None
+        columns.add(last)
+        return header
+    return None
 
 
 def _whole_document(path: Path, data: bytes, columns: _Columns) -> dict[str, Any]:

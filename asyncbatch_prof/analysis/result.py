@@ -122,10 +122,12 @@ def _cpu_phases_frame(ev: TraceEvents, engine, phases: PhaseCache) -> pd.DataFra
     return pd.DataFrame({"tid": engine.tid, "phase": names, "start_us": s + ev.origin_us, "end_us": e + ev.origin_us})
 
 
-def analyze(path: str | Path, launch_latency_threshold_us: float = 30.0) -> TraceAnalysis:
+def analyze(path: str | Path, launch_latency_threshold_us: float = 30.0,
+            max_trace_bytes: int | None = None) -> TraceAnalysis:
     """Analyze a ``.json``/``.json.gz`` torch.profiler trace; the threshold separates launch latency from
-    dependency gaps (µs). Raises TraceError (exit 2 in the CLI) for unreadable input."""
+    dependency gaps (µs); ``max_trace_bytes`` caps the decompressed bytes read (loader.load_trace).
+    Raises TraceError (exit 2 in the CLI) for unreadable input."""
     if not launch_latency_threshold_us >= 0:
         raise TraceError(f"--threshold-us must be a non-negative number of µs, not {launch_latency_threshold_us}")
-    ev = load_trace(path)
+    ev = load_trace(path, max_trace_bytes)
     return TraceAnalysis(Path(path), ev, launch_latency_threshold_us)

@@ -34,12 +34,20 @@ def analyze(
                                                     "are launch latency; longer ones are dependency.")
     ] = 30.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print metrics.json to stdout instead of the summary.")] = False,
+    max_trace_bytes: Annotated[
+        Optional[str],
+        typer.Option("--max-trace-bytes", help="Refuse a trace larger than this once decompressed (bytes, or "
+                                               "512M, 8G); default $ABPROF_MAX_TRACE_BYTES, else 8G.",
+                     show_default=False),
+    ] = None,
 ) -> None:
     """Why was the GPU idle? GPU idle share, gap classes, CPU/GPU overlap and per-step statistics of a trace."""
     with cli_errors():
         from asyncbatch_prof.analysis import analyze as run_analysis
+        from asyncbatch_prof.analysis.reader import parse_size
 
-        ta = run_analysis(trace, launch_latency_threshold_us=threshold_us)
+        cap = None if max_trace_bytes is None else parse_size(max_trace_bytes, "--max-trace-bytes")
+        ta = run_analysis(trace, launch_latency_threshold_us=threshold_us, max_trace_bytes=cap)
         target = (out if out is not None else trace.parent) / "metrics.json"
         ta.write_metrics(target)
         if as_json:
