@@ -38,7 +38,7 @@ KERNEL, MEMCPY, MEMSET, RUNTIME, DRIVER, CPU_OP, USER_ANNOTATION, PYTHON_FUNCTIO
 GPU_CATS = (KERNEL, MEMCPY, MEMSET)
 CAT_CODES = {
     "kernel": KERNEL, "Kernel": KERNEL, "gpu_memcpy": MEMCPY, "Memcpy": MEMCPY, "gpu_memset": MEMSET,
-    "Memset": MEMSET, "cuda_runtime": RUNTIME, "cuda_driver": DRIVER, "cpu_op": CPU_OP,
+    "Memset": MEMSET, "cuda_runtime": RUNTIME, "Runtime": RUNTIME, "Operator": CPU_OP, "cuda_driver": DRIVER, "cpu_op": CPU_OP,
     "user_annotation": USER_ANNOTATION, "python_function": PYTHON_FUNCTION,
 }
 CAT_NAMES = ("kernel", "gpu_memcpy", "gpu_memset", "cuda_runtime", "cuda_driver", "cpu_op", "user_annotation",
