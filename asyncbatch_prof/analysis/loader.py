@@ -87,11 +87,10 @@ class _Args(msgspec.Struct, frozen=True, gc=False):
 _NO_ARGS = _Args()
 
 
-class _Event(msgspec.Struct, gc=False):
-    """One trace event as the typed decoder sees it: the fields the analysis reads, numbers NaN where
-    absent (the decoder yields no NaN of its own; a JSON null goes the generic way)."""
+class _Event(msgspec.Struct, tag_field="ph", tag="X", gc=False):
+    """One complete ("X") event as the typed decoder sees it: the fields the analysis reads, numbers NaN
+    where absent (the decoder yields no NaN of its own; a JSON null goes the generic way)."""
 
-    ph: Optional[str] = None
     cat: Optional[str] = None
     name: Optional[str] = None
     pid: Union[int, str, None] = None
@@ -101,10 +100,14 @@ class _Event(msgspec.Struct, gc=False):
     args: _Args = _NO_ARGS
 
 
-_DECODER = msgspec.json.Decoder(list[_Event])
-_GET = {f: operator.attrgetter(f) for f in ("ph", "cat", "name", "pid", "tid", "ts", "dur", "args", "correlation",
+# Other phases of the Chrome trace format decode to empty records (their fields skipped unread); an
+# event without "ph" or with another phase sends its chunk the generic way.
+_OTHER_PHASES = {ph: msgspec.defstruct(f"_Phase{i}", [], tag_field="ph", tag=ph, gc=False)
+                 for i, ph in enumerate("BEiICbneNODPRSTpFstfM()")}
+_DECODER = msgspec.json.Decoder(list[Union[(_Event, *_OTHER_PHASES.values())]])  # type: ignore[misc]
+_PHASE_CODES = {_Event: 1, **{_OTHER_PHASES[ph]: 2 for ph in "stf"}, _OTHER_PHASES["M"]: 3}
+_GET = {f: operator.attrgetter(f) for f in ("cat", "name", "pid", "tid", "ts", "dur", "args", "correlation",
                                              "bytes")}
-_PH_CODES = {"X": 1, "s": 2, "f": 2, "t": 2, "M": 3, None: 4}
 _ID_LIMIT = 2**62
 
 
@@ -135,13 +138,14 @@ class _Columns:
         except (OverflowError, ValueError, TypeError):  # e.g. an int beyond 64 bits: the generic conversions
             self.add(_loads(chunk))
 
-    def _add_typed(self, events: list[_Event]) -> None:
+    def _add_typed(self, events: list) -> None:
         n = len(events)
         get = _GET
-        phc = np.fromiter(map(_PH_CODES.get, map(get["ph"], events), repeat(0)), np.int8, n)
-        catc = np.fromiter(map(CAT_CODES.get, map(get["cat"], events), repeat(-1)), np.int8, n)
-        known = (phc == 1) & (catc >= 0)
-        rows = list(compress(events, known.tolist()))
+        phc = np.fromiter(map(_PHASE_CODES.get, map(type, events), repeat(0)), np.int8, n)
+        rows = list(compress(events, (phc == 1).tolist()))
+        catc = np.fromiter(map(CAT_CODES.get, map(get["cat"], rows), repeat(-1)), np.int8, len(rows))
+        known = catc >= 0
+        rows = list(compress(rows, known.tolist()))
         ts = np.fromiter(map(get["ts"], rows), np.float64, len(rows))
         has_ts = ~np.isnan(ts)
         rows = list(compress(rows, has_ts.tolist()))
@@ -160,8 +164,7 @@ class _Columns:
         counts["events"] += n
         counts["flows"] += int((phc == 2).sum())
         counts["metadata"] += int((phc == 3).sum())
-        counts["not_events"] += int((phc == 4).sum())
-        counts["unknown_category"] += int(((phc == 1) & (catc < 0)).sum())
+        counts["unknown_category"] += int(known.size - known.sum())
         counts["missing_ts"] += int(has_ts.size - m)
         counts["missing_dur"] += int(missing_dur.sum())
         self._append(c, self._name_codes(list(map(get["name"], rows))), pid, tid, ts, dur, corr, nbytes)
