@@ -116,8 +116,8 @@ def first_byte_check(path: Path, head: bytes) -> None:
         raise TraceError(f"{path} is not a JSON trace (it starts with byte {stripped[:1]!r})")
 
 
-def _last_boundary(buf: bytes, lo: int) -> tuple[int, int] | None:
-    """(end of an event, start of the next) for the last ``}`` , ``{`` pair in ``buf[lo:]``, or None."""
+def _last_boundary(buf: bytearray, lo: int) -> int | None:
+    """Index of the ',' of the last ``}`` , ``{`` pair (between two events) in ``buf[lo:]``, or None."""
     i = len(buf)
     while True:
         i = buf.rfind(b"{", lo, i)
@@ -127,19 +127,25 @@ def _last_boundary(buf: bytes, lo: int) -> tuple[int, int] | None:
         while j >= lo and buf[j] in _WHITESPACE:
             j -= 1
         if j >= lo and buf[j] == 44:  # ','
+            comma = j
             j -= 1
             while j >= lo and buf[j] in _WHITESPACE:
                 j -= 1
             if j >= lo and buf[j] == 125:  # '}'
-                return j + 1, i
+                return comma
 
 
-def event_chunks(reader: CappedReader) -> Iterator[tuple[str, bytes]]:
-    """Yield ``("head", prefix)``, then ``("events", b"[...]")`` chunks of whole events, then
-    ``("tail", rest)`` (the last event, the array's end and the keys after it); a ``("whole", b"")`` item
-    says the layout is not Kineto's and the caller should parse the whole file instead."""
-    buf = reader.read()
-    first_byte_check(reader.path, buf[:4096])
+def event_chunks(reader: CappedReader) -> Iterator[tuple[str, bytes | memoryview]]:
+    """Yield ``("head", prefix)``, then ``("events", [...])`` chunks of whole events, then ``("tail", rest)``
+    (the last event, the array's end and the keys after it); a ``("whole", b"")`` item says the layout
+    is not Kineto's and the caller should parse the whole file instead.
+
+    An events chunk is a view into the read buffer, valid until the next item is asked for: the comma
+    between two events becomes the ']' closing one chunk and then the '[' opening the next, so no
+    chunk is copied.
+    """
+    buf = bytearray(reader.read())
+    first_byte_check(reader.path, bytes(buf[:4096]))
     m = _EVENTS_KEY.search(buf)
     while m is None:
         block = reader.read()
@@ -148,20 +154,22 @@ def event_chunks(reader: CappedReader) -> Iterator[tuple[str, bytes]]:
             return
         buf += block
         m = _EVENTS_KEY.search(buf, max(0, len(buf) - len(block) - 64))
-    yield "head", buf[: m.end() - 1]
-    buf = buf[m.end():]
+    yield "head", bytes(buf[: m.end() - 1])
+    del buf[: m.end() - 1]  # buf starts with the array's '['
     scan_from = 0
     while True:
         block = reader.read()
-        if block:
-            buf += block
-        cut = _last_boundary(buf, scan_from if block else 0)
-        if cut is not None:
-            yield "events", b"[" + buf[: cut[0]] + b"]"
-            buf = buf[cut[1]:]
+        buf += block
+        comma = _last_boundary(buf, scan_from if block else 0)
+        if comma is not None:
+            buf[0], buf[comma] = 0x5B, 0x5D  # '[' ... ']'
+            with memoryview(buf) as view, view[: comma + 1] as chunk:
+                yield "events", chunk
+            del buf[:comma]
             scan_from = 0
         else:
             scan_from = max(0, len(buf) - 64)
         if not block:
-            yield "tail", buf
+            buf[0] = 0x5B
+            yield "tail", bytes(buf[1:])
             return
