@@ -17,7 +17,6 @@ change the result. A field added to the columns goes into ``_Event``/``_Args`` a
 from __future__ import annotations
 
 import gc
-import json
 import math
 import operator
 import re
@@ -28,10 +27,11 @@ from typing import Any, Optional, Union
 
 import msgspec
 import numpy as np
-import orjson
 
 from asyncbatch_prof.analysis.errors import TraceError
 from asyncbatch_prof.analysis.reader import CappedReader, event_chunks, first_byte_check, max_trace_bytes
+from asyncbatch_prof.analysis.reader import NotParsed as _NotParsed
+from asyncbatch_prof.analysis.reader import loads as _loads
 
 # Category codes of the rows the analysis reads; legacy capitalised GPU names map to the same code.
 KERNEL, MEMCPY, MEMSET, RUNTIME, DRIVER, CPU_OP, USER_ANNOTATION, PYTHON_FUNCTION = range(8)
@@ -145,10 +145,12 @@ class _Columns:
         rows = list(compress(events, (phc == 1).tolist()))
         catc = np.fromiter(map(CAT_CODES.get, map(get["cat"], rows), repeat(-1)), np.int8, len(rows))
         known = catc >= 0
-        rows = list(compress(rows, known.tolist()))
+        if not known.all():
+            rows = list(compress(rows, known.tolist()))
         ts = np.fromiter(map(get["ts"], rows), np.float64, len(rows))
         has_ts = ~np.isnan(ts)
-        rows = list(compress(rows, has_ts.tolist()))
+        if not has_ts.all():
+            rows = list(compress(rows, has_ts.tolist()))
         m = len(rows)
         c, ts = catc[known][has_ts], ts[has_ts]
         dur = np.fromiter(map(get["dur"], rows), np.float64, m)
@@ -159,7 +161,7 @@ class _Columns:
         dur[missing_dur] = 0.0
         corr[c > DRIVER] = -1
         nbytes[(c != MEMCPY) & (c != MEMSET)] = np.nan
-        pid, tid = self._ids(list(map(get["pid"], rows))), self._ids(list(map(get["tid"], rows)))
+        pid, tid = self._typed_ids(rows, get["pid"]), self._typed_ids(rows, get["tid"])
         counts = self.counts  # from here on nothing raises: the generic path never sees this chunk counted
         counts["events"] += n
         counts["flows"] += int((phc == 2).sum())
@@ -180,6 +182,16 @@ class _Columns:
     def _append(self, cat, name, pid, tid, ts, dur, corr, nbytes) -> None:
         for key, part in zip(_COLUMNS, (np.asarray(cat, dtype=np.int8), name, pid, tid, ts, dur, corr, nbytes)):
             self.parts[key].append(np.asarray(part))
+
+    def _typed_ids(self, rows: list, getter: Any) -> np.ndarray:
+        """pid or tid of typed rows: integers straight into int64, else (labels) as _ids does."""
+        try:
+            out = np.fromiter(map(getter, rows), np.int64, len(rows))
+            if out.size == 0 or (np.abs(out) < _ID_LIMIT).all():
+                return out
+        except (TypeError, ValueError, OverflowError):
+            pass
+        return self._ids(list(map(getter, rows)))
 
     def _ids(self, values: list) -> np.ndarray:
         """pid/tid as int64; a label string (or an id beyond ±2**62) gets a file-wide negative code."""
@@ -276,25 +288,6 @@ def _byte_counts(values: np.ndarray) -> np.ndarray:
     out = np.array(values, dtype=np.float64)
     out[~((out >= 0) & (out < 2.0**53))] = np.nan
     return out
-
-
-class _NotParsed(Exception):
-    """A chunk or document that does not parse as JSON (the reason in its message)."""
-
-
-def _loads(data: bytes | bytearray | memoryview) -> Any:
-    """orjson, falling back to the stdlib for what orjson refuses (integers beyond 64 bits, NaN, lone
-    surrogates); _NotParsed where neither parses it, nesting too deep included."""
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError:
-        pass
-    try:
-        return json.loads(bytes(data))
-    except RecursionError:
-        raise _NotParsed("nesting too deep") from None
-    except (ValueError, TypeError) as exc:
-        raise _NotParsed(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
 
 
 def _finish(columns: _Columns, header: dict[str, Any], path: Path | str = "trace") -> TraceEvents:

@@ -9,11 +9,14 @@ the cap in memory (less for well-formed traces, which are held one chunk at a ti
 from __future__ import annotations
 
 import gzip
+import json
 import os
 import re
 import zlib
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO, Callable, Iterator
+
+import orjson
 
 from asyncbatch_prof.analysis.errors import TraceError
 
@@ -173,3 +176,22 @@ def event_chunks(reader: CappedReader) -> Iterator[tuple[str, bytes | memoryview
             buf[0] = 0x5B
             yield "tail", bytes(buf[1:])
             return
+
+
+class NotParsed(Exception):
+    """A chunk or document that does not parse as JSON (the reason in its message)."""
+
+
+def loads(data: bytes | bytearray | memoryview) -> Any:
+    """orjson, falling back to the stdlib for what orjson refuses (integers beyond 64 bits, NaN, lone
+    surrogates); NotParsed where neither parses it, nesting too deep included."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(bytes(data))
+    except RecursionError:
+        raise NotParsed("nesting too deep") from None
+    except (ValueError, TypeError) as exc:
+        raise NotParsed(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
