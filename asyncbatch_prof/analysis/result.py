@@ -154,11 +154,12 @@ def _cpu_phases_frame(ev: TraceEvents, engine, phases: PhaseCache) -> pd.DataFra
 
 
 def analyze(path: str | Path, launch_latency_threshold_us: float = 30.0,
-            steps_config: StepsConfig | None = None) -> TraceAnalysis:
+            steps_config: StepsConfig | None = None, max_trace_bytes: int | None = None) -> TraceAnalysis:
     """Analyze a ``.json``/``.json.gz`` torch.profiler trace; the threshold separates launch latency from
     dependency gaps (µs); ``steps_config`` maps range names to steps and phases for engines abprof does not
-    know. Raises TraceError (exit 2 in the CLI) for unreadable input."""
+    know; ``max_trace_bytes`` caps the decompressed bytes read (loader.load_trace). Raises TraceError (exit 2
+    in the CLI) for unreadable input."""
     if not launch_latency_threshold_us >= 0:
         raise TraceError(f"--threshold-us must be a non-negative number of µs, not {launch_latency_threshold_us}")
-    ev = load_trace(path)
+    ev = load_trace(path, max_trace_bytes)
     return TraceAnalysis(Path(path), ev, launch_latency_threshold_us, steps_config)

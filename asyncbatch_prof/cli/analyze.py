@@ -48,6 +48,12 @@ def analyze(
         Optional[int], typer.Option("--jobs", "-j", min=1, help="Worker processes for a rank set (default: one per "
                                                                 "trace, up to the usable cores).", show_default=False)
     ] = None,
+    max_trace_bytes: Annotated[
+        Optional[str],
+        typer.Option("--max-trace-bytes", help="Refuse a trace larger than this once decompressed (bytes, or "
+                                               "512M, 8G); default $ABPROF_MAX_TRACE_BYTES, else 8G.",
+                     show_default=False),
+    ] = None,
 ) -> None:
     """Why was the GPU idle? GPU idle share, gap classes, CPU/GPU overlap and per-step statistics of a trace;
     for a rank set (a folder of per-rank traces, a TP run folder, a trace with several devices) also per-rank
@@ -55,6 +61,7 @@ def analyze(
     with cli_errors():
         from asyncbatch_prof.analysis import analyze as run_analysis
         from asyncbatch_prof.analysis.ranks import find_rank_traces
+        from asyncbatch_prof.analysis.reader import parse_size
         from asyncbatch_prof.analysis.step_sources import find_steps_config, load_steps_config
 
         rank_set = None
@@ -66,7 +73,8 @@ def analyze(
         if steps_config is None:
             steps_config = find_steps_config(Path.cwd())
         config = load_steps_config(steps_config) if steps_config is not None else None
-        ta = run_analysis(trace, launch_latency_threshold_us=threshold_us, steps_config=config)
+        cap = None if max_trace_bytes is None else parse_size(max_trace_bytes, "--max-trace-bytes")
+        ta = run_analysis(trace, launch_latency_threshold_us=threshold_us, steps_config=config, max_trace_bytes=cap)
         target = (out if out is not None else trace.parent) / "metrics.json"
         if len(ta.devices) > 1:
             from asyncbatch_prof.analysis.rankset import analyze_rank_set
