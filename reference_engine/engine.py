@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import torch
+from torch.profiler import record_function
 
 from reference_engine.async_loop import run_async
 from reference_engine.attention import _triton_backend
@@ -116,7 +117,8 @@ class LLMEngine:
         steps = loop(scheduler, runner, clock, on_step, _idle)
         wall = clock()
         if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+            with record_function("abprof.sync_wait"):  # the last step's copies are done, wait already read its tokens
+                torch.cuda.synchronize(self.device)
         self.last_scheduler = scheduler
         return GenerateResult(records, wall, sum(len(r.output_token_ids) for r in records), steps, start_epoch_ns)
 
