@@ -3,7 +3,8 @@
 
 The pieces, one file each: the host buffers and ``prepare`` (``step_inputs``), the device side on CUDA
 (``cuda_device``: streams and events) and on the CPU (``cpu_device``: inline or a worker thread), the
-decode CUDA graphs (``cuda_graphs``) and the split prefill/decode step (``split_step``). This file holds
+decode CUDA graphs (``cuda_graphs``), the split prefill/decode step (``split_step``) and, with tensor
+parallelism, the step's broadcast from rank 0 to the other ranks (``batch_broadcast``). This file holds
 what they share: the static device buffers the model reads, the forward of one batch, sampling.
 
 Two host buffers alternate between steps, so the host can prepare step N+1 while step N's inputs are
@@ -24,6 +25,7 @@ import torch
 from torch.profiler import record_function
 
 from reference_engine.attention import AttentionMetadata, _triton_backend
+from reference_engine.batch_broadcast import receive_step, send_step
 from reference_engine.cpu_device import CpuDevice
 from reference_engine.cuda_device import CudaDevice
 from reference_engine.cuda_graphs import capture_graphs, graph_size
@@ -32,6 +34,7 @@ from reference_engine.scheduler import ScheduledBatch
 from reference_engine.split_step import merge_logits, split_batch
 from reference_engine.step_inputs import (SAMPLE_BUCKET, TOKEN_BUCKET, HostInputs, StepHandle, StepPlan, bucket,
                                           layout)
+from reference_engine.tensor_parallel import TPGroup
 
 __all__ = ["ModelRunner", "StepHandle", "StepPlan", "split_batch"]
 
@@ -39,8 +42,9 @@ __all__ = ["ModelRunner", "StepHandle", "StepPlan", "split_batch"]
 class ModelRunner:
     def __init__(self, model, kv_cache: torch.Tensor, *, max_batch_tokens: int, max_seqs: int, block_size: int,
                  max_model_len: int, device: torch.device, cuda_graphs: bool, worker_thread: bool,
-                 split_prefill_decode: bool = False):
+                 split_prefill_decode: bool = False, tp: TPGroup | None = None):
         self.model = model
+        self.tp = tp  # tensor parallelism: rank 0 broadcasts each step's inputs (``batch_broadcast``)
         self.kv_cache = kv_cache
         self.device = device
         self.is_cuda = device.type == "cuda"
@@ -101,7 +105,28 @@ class ModelRunner:
         k = self._step % 2
         self._step += 1
         self.wait_buffer(k)
-        return self.device_side.launch(self.prepare_step(batch, k))
+        plan = self.prepare_step(batch, k)
+        if self.tp is not None:
+            with record_function("abprof.batch_broadcast"):
+                send_step(self.host, k, plan, self.tp.cpu_group)
+        return self.device_side.launch(plan)
+
+    @torch.inference_mode()
+    def follow(self) -> StepHandle | None:
+        """A rank other than 0: receive rank 0's next step and launch it; None when rank 0 stopped."""
+        k = self._step % 2
+        self._step += 1
+        self.wait_buffer(k)
+        with record_function("abprof.batch_broadcast"):  # also waits for rank 0 to have prepared the step
+            plan = receive_step(self.host, k, self.tp.cpu_group)
+        return None if plan is None else self.device_side.launch(plan)
+
+    def stop_followers(self) -> None:
+        """Rank 0, after its last step: tell the other ranks that ``generate`` is over."""
+        k = self._step % 2
+        self._step += 1
+        self.wait_buffer(k)
+        send_step(self.host, k, None, self.tp.cpu_group)
 
     def wait_buffer(self, k: int) -> None:
         """Block (inside ``abprof.sync_wait``) until no copy still reads host buffer ``k``."""
