@@ -81,7 +81,7 @@ def time_calls(torch, device, fn, reps: int, warmup: int = 10) -> list[float]:
 def set_decode_inputs(torch, engine, batch: int, ctx: int, rows: int) -> None:
     """Fill the runner's static device inputs with ``batch`` decodes at ``ctx`` over shuffled blocks;
     rows ``batch..rows`` are pad rows as ``prepare`` makes them (no K/V write, empty context)."""
-    runner, d = engine.runner, engine.runner.dev
+    runner, d = engine.runner, engine.runner.dev[0]
     bs, nb = runner.block_size, -(-ctx // runner.block_size)
     dev = engine.device
     blocks = torch.randperm(engine.num_blocks, device=dev)[:batch * nb].reshape(batch, nb).int()
@@ -102,6 +102,7 @@ def decode_part(cfg: dict, dry: bool) -> dict:
 
     from reference_engine import EngineConfig, LLMEngine
     from reference_engine.attention import AttentionMetadata
+    from reference_engine.cuda_graphs import graph_size
 
     max_b = max(b for b, _ in cfg["decode"])
     blocks = max(b * -(-c // 16) for b, c in cfg["decode"]) + 16
@@ -120,9 +121,9 @@ def decode_part(cfg: dict, dry: bool) -> dict:
     sheet = gpu_datasheet.lookup(device_name) if dev.type == "cuda" else None
     rows = []
     for batch, ctx in cfg["decode"]:
-        padded = runner._graph_size(batch) if runner.graphs else batch
+        padded = graph_size(runner.graph_sizes, batch) if runner.graphs else batch
         set_decode_inputs(torch, engine, batch, ctx, padded)
-        d = runner.dev
+        d = runner.dev[0]
         meta = AttentionMetadata(d["slot"][:batch], d["qsl"][:batch + 1], d["ctx"][:batch], d["bt"][:batch], 1, ctx,
                                  list(range(batch + 1)), [ctx] * batch)
         with torch.inference_mode():
@@ -173,19 +174,19 @@ class StepTimer:
         self._wrap(engine.runner, "prepare", "prepare")
         self._wrap(engine.runner, "launch", "launch")
         if self.cuda:
-            fwd, smp = engine.runner._forward, mr.sample
+            fwd, smp = engine.runner.forward, mr.sample
 
-            def forward(plan):
+            def forward(plan, *parts):
                 self.acc["ev0"] = self._event()
-                return fwd(plan)
+                return fwd(plan, *parts)
 
             def sample(*a, **k):
                 out = smp(*a, **k)
                 self.acc["ev1"] = self._event()
                 return out
-            engine.runner._forward = forward
+            engine.runner.forward = forward
             mr.sample = sample
-            self._undo += [lambda: delattr(engine.runner, "_forward"), lambda: setattr(mr, "sample", smp)]
+            self._undo += [lambda: delattr(engine.runner, "forward"), lambda: setattr(mr, "sample", smp)]
 
     @staticmethod
     def _fresh() -> dict:

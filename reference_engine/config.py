@@ -46,6 +46,8 @@ class EngineConfig:
     # Steps mixing decodes and prefill chunks run as two forward batches, on two CUDA streams (decode
     # through a CUDA graph where one fits), so their kernels can overlap. Same tokens; CPU: in turn.
     split_prefill_decode: bool = False
+    # Tensor parallelism: ranks (processes; see reference_engine.distributed), Megatron-style shards.
+    tp_size: int = 1
 
     def __post_init__(self) -> None:
         problems = []
@@ -78,6 +80,8 @@ class EngineConfig:
             problems.append(f"max_model_len must be None or an integer >= 2, got {self.max_model_len!r}")
         if not isinstance(self.split_prefill_decode, bool):
             problems.append(f"split_prefill_decode must be a bool, got {self.split_prefill_decode!r}")
+        if not isinstance(self.tp_size, int) or isinstance(self.tp_size, bool) or self.tp_size < 1:
+            problems.append(f"tp_size must be a positive integer, got {self.tp_size!r}")
         if not isinstance(self.seed, int):
             problems.append(f"seed must be an integer, got {self.seed!r}")
         if problems:

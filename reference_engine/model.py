@@ -164,6 +164,7 @@ class CausalLM(nn.Module):
         head_dim = self.layers[0].self_attn.head_dim
         theta, scaling = rope_settings(config)
         self.rope = RotaryEmbedding(head_dim, config.max_position_embeddings, theta, scaling)
+        self.gather_logits = None  # tensor parallelism: the vocab shards' logits → the full logits
 
     @property
     def head_dim(self) -> int:
@@ -183,7 +184,8 @@ class CausalLM(nn.Module):
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
         weight = self.embed_tokens.weight if self.tie else self.lm_head.weight
-        return F.linear(hidden, weight).float()
+        logits = F.linear(hidden, weight)
+        return (logits if self.gather_logits is None else self.gather_logits(logits)).float()
 
 
 @torch.no_grad()

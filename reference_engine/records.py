@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import asdict, dataclass, field
 
 
@@ -36,7 +37,26 @@ class GenerateResult:
     # (start, end) of every engine step in seconds since generate() started, from the engine's own clock:
     # always recorded (two clock reads a step), so a step's wall time can be compared with and without a profiler
     step_spans_s: list[tuple[float, float]] = field(default_factory=list)
+    rank: int = 0  # tensor parallelism: ranks other than 0 hold no records
+
+    @property
+    def tokens_sha256(self) -> str | None:
+        """The digest of the generated tokens (``tokens_sha256``), or None on a rank other than 0."""
+        return tokens_sha256(self.records) if self.rank == 0 else None
 
     @property
     def tokens_per_s(self) -> float:
         return self.output_tokens / self.wall_s if self.wall_s > 0 else 0.0
+
+
+def tokens_sha256(records: list[RequestRecord]) -> str:
+    """SHA-256 (hex) of the requests' output token ids, so runs can be checked for identical output.
+
+    Canonical encoding: for each request in ascending ``request_id``, the ASCII line
+    ``"<request_id>:<id>,<id>,...\n"`` (decimal, no spaces; a request with no output gives ``"<request_id>:\n"``);
+    the digest is over the concatenation of the lines.
+    """
+    digest = hashlib.sha256()
+    for rec in sorted(records, key=lambda r: r.request_id):
+        digest.update(f"{rec.request_id}:{','.join(map(str, rec.output_token_ids))}\n".encode("ascii"))
+    return digest.hexdigest()

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from reference_engine.block_manager import BlockManager
-from reference_engine.model_runner import ModelRunner, graph_batch_sizes
+from reference_engine.cuda_graphs import graph_batch_sizes
+from reference_engine.model_runner import ModelRunner
 from reference_engine.records import RequestRecord
 from reference_engine.scheduler import Scheduler
 from reference_engine.sequence import Request, Sequence
@@ -79,3 +80,24 @@ def test_warmup_shapes_writes_nothing_and_generation_is_unchanged():
     assert torch.equal(cache, engine.kv_cache)
     after = engine.generate(reqs)
     assert [r.output_token_ids for r in before.records] == [r.output_token_ids for r in after.records]
+
+
+def test_waiting_for_a_host_buffer_is_a_sync_wait():
+    """``launch`` blocks on the copy still reading its host buffer only inside ``abprof.sync_wait``."""
+    import threading
+
+    from torch.profiler import ProfilerActivity, profile
+
+    runner = ModelRunner(None, None, max_batch_tokens=8, max_seqs=2, block_size=4, max_model_len=16,
+                         device=torch.device("cpu"), cuda_graphs=False, worker_thread=True)
+    release = threading.Event()
+    pending = runner.device_side._worker.submit(release.wait)
+    runner.device_side._copy_done[0] = pending
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        threading.Timer(0.05, release.set).start()
+        runner.wait_buffer(1)  # nothing pending: no wait recorded
+        runner.wait_buffer(0)
+    runner.close()
+    waits = [e for e in prof.events() if e.name == "abprof.sync_wait"]
+    assert pending.done() and len(waits) == 1
+    assert waits[0].cpu_time_total >= 40_000

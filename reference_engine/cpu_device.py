@@ -1,0 +1,80 @@
+"""The device side of a step on the CPU: copy-in, forward and sampling, inline or on one worker thread.
+
+The sync loop runs them inline on the engine thread (annotated: that is where the time goes). The
+async loop runs them on a worker thread that plays the CUDA stream (not annotated: it plays the
+device), its futures playing the events: the host waits on a future inside ``abprof.sync_wait``. A
+split step runs its two batches one after the other: the CPU has no second stream to overlap them on.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+
+import torch
+from torch.profiler import record_function
+
+from reference_engine.step_inputs import StepHandle, StepPlan
+
+
+class CpuDevice:
+    """Runs a prepared step's device work on the CPU (``worker_thread``: asynchronously)."""
+
+    def __init__(self, runner, worker_thread: bool):
+        self.runner = runner
+        self._worker = (concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="abprof-device")
+                        if worker_thread else None)
+        self._copy_done: list[concurrent.futures.Future | None] = [None, None]
+        self.streams: list = [None]
+
+    def copy_pending(self, k: int) -> concurrent.futures.Future | None:
+        """The worker step still reading host buffer ``k``, or None when it is done."""
+        fut = self._copy_done[k]
+        return fut if fut is not None and not fut.done() else None
+
+    def launch(self, plan: StepPlan) -> StepHandle:
+        """Inline: run the step now. Worker: submit it and return at once."""
+        if self._worker is None:
+            tokens = self._device_step(plan, annotate=True)
+            return StepHandle(plan, None, tokens)
+        with record_function("abprof.forward"):
+            future = self._worker.submit(self._device_step, plan, False)
+        self._copy_done[plan.buf] = future
+        return StepHandle(plan, future)
+
+    def finish(self, handle: StepHandle) -> list[int]:
+        """The step's tokens (blocks on the worker's future; call inside a wait)."""
+        tokens = handle.tokens if handle.done is None else handle.done.result()
+        return tokens.tolist()
+
+    def _device_step(self, plan: StepPlan, annotate: bool) -> torch.Tensor:
+        """The whole device side of a step (copy in, forward, sample)."""
+        r, k = self.runner, plan.buf
+        parts = [plan] if plan.part2 is None else [plan, plan.part2]
+        for i in range(len(parts)):
+            r.dev64[i].copy_(r.host.t64[k][i])
+            r.dev32[i].copy_(r.host.t32[k][i])
+
+        def note(name):
+            return record_function(name) if annotate else contextlib.nullcontext()
+
+        with torch.inference_mode():
+            with note("abprof.forward"):
+                if plan.part2 is None:
+                    logits = r.forward(plan)
+                else:
+                    with note("abprof.forward.decode"):
+                        decode_logits = r.forward(plan)
+                    with note("abprof.forward.prefill"):
+                        prefill_logits = r.forward(plan.part2, r.dev[1])
+                    logits = r.merge(decode_logits, prefill_logits, plan)
+            with note("abprof.sample"):
+                tokens = r.sample(logits)
+        r.prev_tokens = tokens
+        return tokens
+
+    def close(self) -> None:
+        """Stop the worker thread (after its queued steps)."""
+        if self._worker is not None:
+            self._worker.shutdown(wait=True)
+            self._worker = None

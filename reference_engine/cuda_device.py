@@ -1,0 +1,109 @@
+"""The device side of a step on CUDA: copy-in, forward and sampling on streams ordered by events.
+
+H2D copies run on their own stream into a device staging buffer (two, alternating with the host
+buffers); the compute stream then copies the staging buffer into the static buffers that the model and
+the CUDA graphs read, runs the forward and samples; the D2H stream copies the sampled tokens into a
+pinned host buffer. Nothing here blocks the host: ``launch`` only enqueues, and what the host waits on
+(``copy_pending``, ``StepHandle.done``) is an event the runner synchronizes inside ``abprof.sync_wait``.
+
+A split step (``split_step``) runs its first (decode) batch on the compute stream and its second on
+the prefill stream, joined by an event before the logits are merged.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.profiler import record_function
+
+from reference_engine.step_inputs import StepHandle, StepPlan
+
+
+class CudaDevice:
+    """Streams, events and staging buffers of one runner on one GPU."""
+
+    def __init__(self, runner):
+        self.runner = r = runner
+        device = r.device
+        self.h2d_stream = torch.cuda.Stream(device)
+        self.compute_stream = torch.cuda.Stream(device)
+        self.d2h_stream = torch.cuda.Stream(device)
+        n64, n32 = r.host.n64, r.host.n32
+        self.stage64 = [[torch.zeros(n64, dtype=torch.int64, device=device) for _ in range(2)] for _ in r.dev]
+        self.stage32 = [[torch.zeros(n32, dtype=torch.int32, device=device) for _ in range(2)] for _ in r.dev]
+        self.host_out = [torch.zeros(r.max_s, dtype=torch.int64, pin_memory=True) for _ in range(2)]
+        self.ev_h2d = [torch.cuda.Event() for _ in range(2)]
+        self.ev_stage_free = [torch.cuda.Event() for _ in range(2)]
+        self.ev_d2h = [torch.cuda.Event() for _ in range(2)]
+        self.ev_sampled = torch.cuda.Event()
+        self._copy_done: list[torch.cuda.Event | None] = [None, None]
+        self.prefill_stream = None
+        if r.split:  # created once: a stream per step would defeat the caching allocator's reuse
+            self.prefill_stream = torch.cuda.Stream(device)
+            self.ev_inputs = torch.cuda.Event()
+            self.ev_prefill_done = torch.cuda.Event()
+
+    @property
+    def streams(self) -> list[torch.cuda.Stream]:
+        """The streams that run forward passes (each needs its own first GEMMs, see ``warmup_shapes``)."""
+        return [s for s in (self.compute_stream, self.prefill_stream) if s is not None]
+
+    def copy_pending(self, k: int) -> torch.cuda.Event | None:
+        """The H2D copy still reading host buffer ``k`` (from two steps ago), or None when it is done."""
+        ev = self._copy_done[k]
+        return ev if ev is not None and not ev.query() else None
+
+    def launch(self, plan: StepPlan) -> StepHandle:
+        """Enqueue copy-in, forward, sampling and copy-out of a prepared step; never blocks the host."""
+        r, k = self.runner, plan.buf
+        parts = [plan] if plan.part2 is None else [plan, plan.part2]
+        with record_function("abprof.forward"):
+            used = [r.host.used_int32(max(p.num_seqs, p.graph_bs)) for p in parts]
+            with torch.cuda.stream(self.h2d_stream):
+                self.h2d_stream.wait_event(self.ev_stage_free[k])
+                for i, n32 in enumerate(used):
+                    self.stage64[i][k].copy_(r.host.t64[k][i], non_blocking=True)
+                    self.stage32[i][k][:n32].copy_(r.host.t32[k][i][:n32], non_blocking=True)
+                self.ev_h2d[k].record(self.h2d_stream)
+            self._copy_done[k] = self.ev_h2d[k]
+            with torch.cuda.stream(self.compute_stream):
+                self.compute_stream.wait_event(self.ev_h2d[k])
+                for i, n32 in enumerate(used):
+                    r.dev64[i].copy_(self.stage64[i][k])
+                    r.dev32[i][:n32].copy_(self.stage32[i][k][:n32])
+                self.ev_stage_free[k].record(self.compute_stream)
+                logits = r.forward(plan) if plan.part2 is None else self._forward_split(plan)
+        with record_function("abprof.sample"):
+            with torch.cuda.stream(self.compute_stream):
+                tokens = r.sample(logits)
+                r.prev_tokens = tokens
+                self.ev_sampled.record(self.compute_stream)
+            with torch.cuda.stream(self.d2h_stream):
+                self.d2h_stream.wait_event(self.ev_sampled)
+                self.host_out[k][:plan.total_samples].copy_(tokens, non_blocking=True)
+                self.ev_d2h[k].record(self.d2h_stream)
+        return StepHandle(plan, self.ev_d2h[k], tokens)
+
+    def finish(self, handle: StepHandle) -> list[int]:
+        """Block until the step's tokens are in the pinned host buffer; returns them (call inside a wait)."""
+        handle.done.synchronize()
+        return self.host_out[handle.plan.buf][:handle.plan.total_samples].tolist()
+
+    def _forward_split(self, plan: StepPlan) -> torch.Tensor:
+        """A split step on the compute stream (inputs already in the device buffers): decode batch here,
+        prefill batch on ``prefill_stream``, joined by an event; returns the merged logits."""
+        r, compute, prefill = self.runner, self.compute_stream, self.prefill_stream
+        self.ev_inputs.record(compute)  # after the input copies and the previous step's sampling
+        with record_function("abprof.forward.decode"):
+            decode_logits = r.forward(plan)
+        with torch.cuda.stream(prefill), record_function("abprof.forward.prefill"):
+            prefill.wait_event(self.ev_inputs)
+            if plan.part2.has_gather:  # read on this stream, allocated on the compute stream
+                r.prev_tokens.record_stream(prefill)
+            prefill_logits = r.forward(plan.part2, r.dev[1])
+            self.ev_prefill_done.record(prefill)
+        compute.wait_event(self.ev_prefill_done)
+        prefill_logits.record_stream(compute)  # allocated on the prefill stream, read by the merge
+        return r.merge(decode_logits, prefill_logits, plan)
+
+    def close(self) -> None:
+        pass
