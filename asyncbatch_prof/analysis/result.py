@@ -23,8 +23,7 @@ from asyncbatch_prof.analysis.steps import launches_frame, step_ranges, step_win
 from asyncbatch_prof.analysis.windows import PhaseCache, WindowResult, window_metrics
 
 NO_GPU = "no GPU activity in trace"
-HEADLINE = ("gpu_idle_pct", "gpu_busy_us", "window_us", "host_bound_pct", "launch_latency_pct", "dependency_pct",
-            "overlap_pct", "sync_wait_pct", "stream_concurrency_pct")
+HEADLINE = contract.TRACE_METRICS
 
 
 class TraceAnalysis:
@@ -34,8 +33,9 @@ class TraceAnalysis:
     names for ``device`` and the default window, or None when absent (``absent`` says why).
     """
 
-    def __init__(self, path: Path, ev: TraceEvents, threshold_us: float):
+    def __init__(self, path: Path, ev: TraceEvents, threshold_us: float, tool_version: str | None = None):
         self.path = Path(path)
+        self.tool_version = tool_version
         self.launch_latency_threshold_us = float(threshold_us)
         self.base_time_ns = ev.base_time_ns
         self.origin_us = ev.origin_us
@@ -82,14 +82,6 @@ class TraceAnalysis:
         """Whether the trace holds any GPU op (kernel, memcpy, memset)."""
         return self.device is not None
 
-    def write_metrics(self, path: str | Path) -> Path:
-        """Write ``doc`` as metrics.json atomically; return the path."""
-        from asyncbatch_prof.runfolder import atomic_write_json
-
-        path = Path(path)
-        atomic_write_json(path, self.doc)
-        return path
-
 
 def _device_windows(ops, launches, engine, steps, phases, threshold_us) -> dict[str, WindowResult | str]:
     out: dict[str, WindowResult | str] = {}
@@ -122,10 +114,13 @@ def _cpu_phases_frame(ev: TraceEvents, engine, phases: PhaseCache) -> pd.DataFra
     return pd.DataFrame({"tid": engine.tid, "phase": names, "start_us": s + ev.origin_us, "end_us": e + ev.origin_us})
 
 
-def analyze(path: str | Path, launch_latency_threshold_us: float = 30.0) -> TraceAnalysis:
+def analyze(path: str | Path, launch_latency_threshold_us: float = 30.0,
+            tool_version: str | None = None) -> TraceAnalysis:
     """Analyze a ``.json``/``.json.gz`` torch.profiler trace; the threshold separates launch latency from
-    dependency gaps (µs). Raises TraceError (exit 2 in the CLI) for unreadable input."""
+    dependency gaps (µs). ``tool_version`` goes into the document's ``tool`` (the caller knows it; the
+    analysis does not import the package above it). Raises TraceError (exit 2 in the CLI) for unreadable input."""
     if not launch_latency_threshold_us >= 0:
-        raise TraceError(f"--threshold-us must be a non-negative number of µs, not {launch_latency_threshold_us}")
+        raise TraceError(f"the launch-latency threshold must be a non-negative number of µs, "
+                         f"not {launch_latency_threshold_us}")
     ev = load_trace(path)
-    return TraceAnalysis(Path(path), ev, launch_latency_threshold_us)
+    return TraceAnalysis(Path(path), ev, launch_latency_threshold_us, tool_version)

@@ -10,17 +10,10 @@ import typer
 
 from asyncbatch_prof.cli.errors import cli_errors, fail
 
-_ROWS = (
-    ("gpu_idle_pct", "GPU idle", "%"),
-    ("host_bound_pct", "  host-bound", "%"),
-    ("launch_latency_pct", "  launch latency", "%"),
-    ("dependency_pct", "  dependency", "%"),
-    ("overlap_pct", "CPU/GPU overlap", "%"),
-    ("sync_wait_pct", "sync wait", "%"),
-    ("stream_concurrency_pct", "stream concurrency", "%"),
-    ("gpu_busy_us", "GPU busy", "ms"),
-    ("window_us", "window", "ms"),
-)
+# Labels of the trace metrics (contract.TRACE_METRICS, in its order); the idle classes indented under idle.
+_LABELS = {"gpu_idle_pct": "GPU idle", "host_bound_pct": "  host-bound", "launch_latency_pct": "  launch latency",
+           "dependency_pct": "  dependency", "overlap_pct": "CPU/GPU overlap", "sync_wait_pct": "sync wait",
+           "stream_concurrency_pct": "stream concurrency", "gpu_busy_us": "GPU busy", "window_us": "window"}
 
 
 def analyze(
@@ -37,11 +30,15 @@ def analyze(
 ) -> None:
     """Why was the GPU idle? GPU idle share, gap classes, CPU/GPU overlap and per-step statistics of a trace."""
     with cli_errors():
+        from asyncbatch_prof import __version__
         from asyncbatch_prof.analysis import analyze as run_analysis
+        from asyncbatch_prof.runfolder import atomic_write_json
 
-        ta = run_analysis(trace, launch_latency_threshold_us=threshold_us)
+        if not threshold_us >= 0:
+            raise fail(f"--threshold-us must be a non-negative number of µs, not {threshold_us}")
+        ta = run_analysis(trace, launch_latency_threshold_us=threshold_us, tool_version=__version__)
         target = (out if out is not None else trace.parent) / "metrics.json"
-        ta.write_metrics(target)
+        atomic_write_json(target, ta.doc)
         if as_json:
             typer.echo(json.dumps(ta.doc, indent=2))
         else:
@@ -50,17 +47,11 @@ def analyze(
         raise fail(f"no GPU activity in trace {trace} (CPU-side numbers written to {target})")
 
 
-def _fmt(value: float | None, unit: str) -> str:
-    if value is None:
-        return "—"
-    return f"{value / 1e3:,.3f} ms" if unit == "ms" else f"{value:.2f} %"
-
-
 def _print_summary(ta, target: Path) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from asyncbatch_prof.analysis.contract import lookup
+    from asyncbatch_prof.analysis.contract import TRACE_METRICS, format_value, lookup
 
     console = Console()
     doc = ta.doc
@@ -74,9 +65,9 @@ def _print_summary(ta, target: Path) -> None:
         table.add_column("metric")
         for window in ("step", "kernel"):
             table.add_column(f"{window} window", justify="right")
-        for name, label, unit in _ROWS:
-            cells = [_fmt(lookup(doc, f"{name}.{w}")[0], unit) for w in ("step", "kernel")]
-            table.add_row(label, *cells)
+        for name in sorted(TRACE_METRICS, key=lambda n: list(_LABELS).index(n) if n in _LABELS else len(_LABELS)):
+            cells = [format_value(f"{name}.{w}", lookup(doc, f"{name}.{w}")[0]) for w in ("step", "kernel")]
+            table.add_row(_LABELS.get(name, name), *cells)
         console.print(table)
         for why, names in _absent_by_reason(doc["absent"]).items():
             console.print(f"absent ({why}): {', '.join(names)}", style="dim")
