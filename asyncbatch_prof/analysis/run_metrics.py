@@ -10,14 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from asyncbatch_prof.analysis.contract import METRICS, SCHEMA_VERSION, TRACE_METRICS
+from asyncbatch_prof.analysis.contract import METRICS
 from asyncbatch_prof.analysis.serving import serving_metrics
-
-
-def empty_doc(reason: str, tool_version: str | None) -> dict[str, Any]:
-    """A metrics document without a trace analysis: every trace metric absent with ``reason``."""
-    return {"schema_version": SCHEMA_VERSION, "tool": {"name": "abprof", "version": tool_version},
-            "metrics": {}, "absent": {name: reason for name in TRACE_METRICS}}
 
 
 def merge(doc: dict[str, Any], metrics: dict[str, Any], absent: dict[str, str]) -> None:
@@ -36,7 +30,7 @@ def build_metrics_doc(trace_doc: dict[str, Any], result, nvml: tuple, run_doc: d
                       overhead: dict[str, Any] | None) -> dict[str, Any]:
     """The complete metrics.json document of a run.
 
-    ``trace_doc``: the trace analysis' document (or :func:`empty_doc`); ``result``: the engine's
+    ``trace_doc``: the trace analysis' document; ``result``: the engine's
     GenerateResult (records, ``wall_s`` in s, ``output_tokens``); ``nvml``: ``(metrics, absent, section)``.
     """
     doc = dict(trace_doc)

@@ -45,7 +45,8 @@ def _run_here(label: str, spec: RunSpec, run_dir: Path, err: Console) -> RunOutc
         err.print(f"abprof: interrupted; {run_dir} is marked INCOMPLETE", highlight=False, markup=False)
         return 130
     except AbprofError as exc:
-        err.print(f"abprof: error: {exc}", highlight=False, markup=False)
+        marked = f"; {run_dir} is marked INCOMPLETE" if (run_dir / rf.INCOMPLETE).exists() else ""
+        err.print(f"abprof: error: {exc}{marked}", highlight=False, markup=False)
         return exc.exit_code
     except Exception as exc:  # the folder holds the reason and the traceback; the terminal gets one line
         err.print(f"abprof: error: run failed ({fail_reason(exc)}); {run_dir} is marked INCOMPLETE, "

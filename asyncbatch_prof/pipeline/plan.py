@@ -167,20 +167,28 @@ def check_window(window: ProfileWindow, total_steps: int) -> None:
 
 
 def check_out(out: Path) -> None:
-    """Fail before running when ``out`` cannot hold a run folder: an existing file, a used folder, a name the
-    filesystem refuses, or a place without write permission."""
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        what = "a file" if not out.is_dir() else "not empty"
-        raise AbprofError(f"output folder {out} already exists and is {what}; choose another --out")
-    parent = next((p for p in [out, *out.parents] if p.exists()), Path("."))
+    """Fail before running when ``out`` cannot hold a run folder: a name the filesystem refuses, an
+    existing file or used folder, a file on the way, or a place without write permission."""
+    try:
+        parent = next((p for p in out.parents if p.exists()), Path("."))
+        limit = os.pathconf(parent, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        parent, limit = Path("."), 255
+    for part in out.parts:
+        if len(os.fsencode(part)) > limit:
+            raise AbprofError(f"--out: the name {part[:40]}... ({len(part)} characters) is longer than this "
+                              f"filesystem allows ({limit})")
+    try:
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            what = "a file" if not out.is_dir() else "not empty"
+            raise AbprofError(f"output folder {out} already exists and is {what}; choose another --out")
+        parent = next((p for p in [out, *out.parents] if p.exists()), Path("."))
+    except OSError as exc:
+        raise AbprofError(f"--out {out}: {exc.strerror}") from None
     if not parent.is_dir():
         raise AbprofError(f"--out {out}: {parent} is a file, not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise AbprofError(f"--out {out}: no permission to write in {parent}")
-    limit = os.pathconf(parent, "PC_NAME_MAX") if hasattr(os, "pathconf") else 255
-    for part in out.parts:
-        if len(os.fsencode(part)) > limit:
-            raise AbprofError(f"--out {out}: the name {part[:40]!r}... is longer than this filesystem allows")
 
 
 def plan_runs(opts: RunOptions, command: list[str] | None = None) -> RunPlan:

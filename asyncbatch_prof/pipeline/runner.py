@@ -17,9 +17,10 @@ from typing import Any, Callable
 
 from asyncbatch_prof import __version__
 from asyncbatch_prof import runfolder as rf
-from asyncbatch_prof.analysis.run_metrics import build_metrics_doc, empty_doc
+from asyncbatch_prof.analysis.run_metrics import build_metrics_doc
 from asyncbatch_prof.capture.nvml import nvml_csv
 from asyncbatch_prof.capture.recorder import Capture, StepCallback, record
+from asyncbatch_prof.errors import AbprofError
 from asyncbatch_prof.pipeline.plan import RunSpec
 from asyncbatch_prof.report.run_view import RunView, view_from_memory
 
@@ -87,20 +88,24 @@ def _run(spec: RunSpec, run_dir: Path, run_doc: dict, on_step: StepCallback | No
         capture = record(engine, requests, spec.settings(), run_dir / rf.TRACE, on_step, phase)
     finally:
         engine.close()
+    check_evidence(capture, spec)
     phase("analyzing")
     return _finish(spec, run_dir, run_doc, capture)
 
 
-def _trace_doc(capture: Capture, spec: RunSpec):
-    """``(document, analysis)`` of the run's trace, parsed once; without a trace, the reason."""
+def check_evidence(capture: Capture, spec: RunSpec) -> None:
+    """Fail the run (exit 1, the folder left INCOMPLETE with the reason) when it measured nothing: every
+    request rejected, or the workload ended before the profiled window so there is no trace."""
+    records = capture.result.records
+    if records and all(r.finish_reason == "rejected" for r in records):
+        why = next((r.rejected_reason for r in records if r.rejected_reason), None) or "no reason given"
+        raise AbprofError(f"the engine rejected all {len(records)} requests ({why})", exit_code=1)
     if capture.trace_path is None:
-        reason = (f"no trace: the run ended after {capture.result.num_steps} engine steps, before the profiled "
-                  f"window ({spec.window.describe()}) was reached")
-        return empty_doc(reason, __version__), None
-    from asyncbatch_prof.analysis import analyze
+        raise AbprofError(f"no trace: the workload ended after {capture.result.num_steps} engine steps, before "
+                          f"the profiled window ({spec.window.describe()}); choose an earlier --profile-steps "
+                          "window or more requests", exit_code=1)
 
-    analysis = analyze(capture.trace_path, tool_version=__version__)
-    return analysis.doc, analysis
+
 
 
 def _finish(spec: RunSpec, run_dir: Path, run_doc: dict, capture: Capture) -> RunOutcome:
@@ -116,8 +121,10 @@ def _finish(spec: RunSpec, run_dir: Path, run_doc: dict, capture: Capture) -> Ru
         overhead.update(profiled_tokens_per_s=round(profiled_tps, 3), profiled_wall_s=round(result.wall_s, 6),
                         overhead_pct=round(100 * (1 - profiled_tps / overhead["unprofiled_tokens_per_s"]), 3),
                         profiled_steps=profiled)
-    trace_doc, analysis = _trace_doc(capture, spec)
-    doc = jsonable(build_metrics_doc(trace_doc, result, capture.nvml, run_doc, overhead))
+    from asyncbatch_prof.analysis import analyze
+
+    analysis = analyze(capture.trace_path, tool_version=__version__)  # the one parse of this trace
+    doc = jsonable(build_metrics_doc(analysis.doc, result, capture.nvml, run_doc, overhead))
     requests_text, nvml_text = rf.requests_csv(result.records), nvml_csv(capture.nvml_samples)
     rf.atomic_write_text(run_dir / rf.REQUESTS_CSV, requests_text)
     rf.atomic_write_text(run_dir / rf.NVML_CSV, nvml_text)
