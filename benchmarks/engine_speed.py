@@ -25,7 +25,6 @@ import sys
 import time
 from pathlib import Path
 
-DATASHEET_TB_S = 3.35  # H100 SXM HBM3
 PRESETS = {
     "full": dict(model="llama-1b", decode=[(256, 704), (64, 704), (16, 704)], replays=200, copy_mib=1024,
                  requests=256, prompt="uniform:128:1024", output="fixed:256", max_seqs=256, max_batch_tokens=2048,
@@ -37,6 +36,8 @@ PRESETS = {
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # runs from a checkout whether or not the package is installed
     sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import gpu_datasheet  # noqa: E402  (beside this file)
 RUNS = [("reference", "sync"), ("reference", "async"), ("transformers", "sync"), ("transformers", "async")]
 TIMEOUT_S = {"decode": 150, "reference": 150, "transformers": 160}
 
@@ -115,6 +116,8 @@ def decode_part(cfg: dict, dry: bool) -> dict:
         weight_bytes += model.embed_tokens.weight.numel() * model.embed_tokens.weight.element_size()
     elem = engine.kv_cache.element_size()
     bw = copy_bandwidth(torch, dev, cfg["copy_mib"], 20 if not dry else 3)
+    device_name = torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu"
+    sheet = gpu_datasheet.lookup(device_name) if dev.type == "cuda" else None
     rows = []
     for batch, ctx in cfg["decode"]:
         padded = runner._graph_size(batch) if runner.graphs else batch
@@ -142,10 +145,11 @@ def decode_part(cfg: dict, dry: bool) -> dict:
                      "step_ms_p10": sorted(times)[len(times) // 10], "step_ms_p90": sorted(times)[9 * len(times) // 10],
                      "replays": len(times), "weight_bytes": weight_bytes, "kv_bytes": kv_bytes,
                      "roofline_ms": roof, "fraction": roof / step_ms,
-                     "roofline_datasheet_ms": (weight_bytes + kv_bytes) / (DATASHEET_TB_S * 1e12) * 1e3,
+                     "roofline_datasheet_ms": (weight_bytes + kv_bytes) / (sheet.hbm_tb_s * 1e12) * 1e3 if sheet else None,
                      "graph_vs_eager_rel_err": graph_err, "logits_finite": bool(torch.isfinite(eager).all())})
-    out = {"decode": rows, "bandwidth": {**bw, "datasheet_tb_s": DATASHEET_TB_S}, "engine": engine.describe(),
-           "cuda": torch.version.cuda, "device_name": torch.cuda.get_device_name(0) if dev.type == "cuda" else "cpu"}
+    out = {"decode": rows, "bandwidth": {**bw, "datasheet_tb_s": sheet.hbm_tb_s if sheet else None,
+                                         "datasheet_gpu": sheet.name if sheet else None},
+           "engine": engine.describe(), "cuda": torch.version.cuda, "device_name": device_name}
     engine.close()
     return out
 
@@ -432,7 +436,8 @@ def markdown(doc: dict) -> str:
         lines += ["## Decode step (the engine's captured CUDA graph, replayed; median of CUDA-event times)", "",
                   f"Roofline = (weights read per step + K/V bytes) / bandwidth measured in this run "
                   f"({bw['tb_s']:.2f} TB/s, {bw['bytes'] / 2**31:.3g} GiB device copy, read + write); "
-                  f"datasheet {bw['datasheet_tb_s']} TB/s in the last column. Weights exclude the embedding "
+                  + (f"datasheet ({bw['datasheet_gpu']}) {bw['datasheet_tb_s']} TB/s in the last column. "
+                     if bw.get("datasheet_tb_s") else "no datasheet figure for this device. ") + "Weights exclude the embedding "
                   "(rows only); the fp32 logits write is not counted. The graph holds the forward and the LM "
                   "head; the step's input copies and greedy sampling run outside it and are not in these times "
                   "(the host/GPU table below times the whole device step).", "",
@@ -442,7 +447,7 @@ def markdown(doc: dict) -> str:
         for r in doc["decode"]:
             lines.append(f"| {r['batch']} | {r['ctx']} | {r['step_ms']:.3f} ({r['step_ms_p10']:.3f}-"
                          f"{r['step_ms_p90']:.3f}) | {r['weight_bytes'] / 1e9:.3f} | {r['kv_bytes'] / 1e9:.3f} | "
-                         f"{r['roofline_ms']:.3f} | {r['fraction']:.2f} | {r['roofline_datasheet_ms']:.3f} | "
+                         f"{r['roofline_ms']:.3f} | {r['fraction']:.2f} | {fmt(r['roofline_datasheet_ms'], '.3f')} | "
                          f"{fmt(r['graph_vs_eager_rel_err'], '.1e')} | {fmt(r.get('unfused_step_ms'), '.3f')} |")
         lines += ["", "Last column: the same step with the per-layer elementwise work (RMSNorm, residual adds, "
                   "rotary embedding, SwiGLU activation) in plain torch instead of the fused Triton kernels "

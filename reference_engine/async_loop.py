@@ -12,10 +12,12 @@ from __future__ import annotations
 from torch.profiler import record_function
 
 
-def run_async(scheduler, runner, clock, on_step=None, idle=None) -> int:
-    step = 0
+def run_async(scheduler, runner, clock, on_step=None, idle=None) -> list[tuple[float, float]]:
+    """Run until every request has finished; returns each step's (start, end) on ``clock`` (seconds)."""
+    spans = []
     inflight = None  # (batch, handle) of the step the device is computing
     while scheduler.has_unfinished or inflight is not None:
+        start = clock()
         with record_function("abprof.step"):
             with record_function("abprof.schedule"):
                 batch = scheduler.schedule(clock()) if scheduler.has_unfinished else None
@@ -29,7 +31,7 @@ def run_async(scheduler, runner, clock, on_step=None, idle=None) -> int:
         if not ran:
             idle(scheduler, clock)  # nothing has arrived yet
             continue
+        spans.append((start, clock()))  # before on_step: a profiler's step() is not the engine's time
         if on_step is not None:
-            on_step(step)
-        step += 1
-    return step
+            on_step(len(spans) - 1)
+    return spans

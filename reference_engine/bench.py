@@ -89,23 +89,40 @@ def run(args) -> dict:
                      on_trace_ready=lambda p: p.export_chrome_trace(trace)) as prof:
             profiled = engine.generate(reqs, on_step=lambda i: prof.step())
         out["profiled_run"] = {"wall_s": profiled.wall_s, "output_tok_s": profiled.tokens_per_s,
-                               "first_step": args.profile_from + 2, "steps": args.profile_steps,
-                               **gpu_idle_share(trace)}
+                               "first_step": args.profile_from + 2, "steps": args.profile_steps}
         out["profiled_tokens_identical"] = [r.output_token_ids for r in profiled.records] == tokens
-        with open(trace, "rb") as src, gzip.open(trace + ".gz", "wb") as dst:
-            dst.write(src.read())
-        os.remove(trace)
+        if os.path.exists(trace):
+            out["profiled_run"].update(gpu_idle_share(trace))
+            with open(trace, "rb") as src, gzip.open(trace + ".gz", "wb") as dst:
+                dst.write(src.read())
+            os.remove(trace)
+        else:  # the profiler's schedule never reached its recorded steps
+            out["profiled_run"].update(idle_pct=None, reason=(
+                f"no trace: the workload ended after {profiled.num_steps} steps, before the profiled window "
+                f"(steps {args.profile_from + 2}-{args.profile_from + 1 + args.profile_steps}); "
+                "lower --profile-from"))
     engine.close()
     return out
 
 
 def compare(folder: str) -> dict:
-    with open(os.path.join(folder, "tokens-sync.json")) as f:
-        a = json.load(f)
-    with open(os.path.join(folder, "tokens-async.json")) as f:
-        b = json.load(f)
+    """Whether the sync and async runs written into ``folder`` gave the same tokens."""
+    missing = [m for m in ("sync", "async") if not os.path.isfile(os.path.join(folder, f"tokens-{m}.json"))]
+    if missing:
+        raise BenchError(f"{folder} has no tokens-{missing[0]}.json: run --mode {missing[0]} --out {folder} first")
+    try:
+        with open(os.path.join(folder, "tokens-sync.json")) as f:
+            a = json.load(f)
+        with open(os.path.join(folder, "tokens-async.json")) as f:
+            b = json.load(f)
+    except (OSError, ValueError) as e:
+        raise BenchError(f"cannot read the tokens in {folder}: {e}") from None
     differ = [i for i, (x, y) in enumerate(zip(a, b)) if x != y]
     return {"requests": len(a), "identical": a == b, "differing_requests": differ[:20], "num_differing": len(differ)}
+
+
+class BenchError(Exception):
+    """Bad input to the bench: printed as one line, exit 2."""
 
 
 def main(argv=None) -> None:
@@ -125,10 +142,15 @@ def main(argv=None) -> None:
     p.add_argument("--profile-from", type=int, default=150)
     args = p.parse_args(argv)
     if args.compare:
-        print(json.dumps(compare(args.compare)))
+        try:
+            print(json.dumps(compare(args.compare)))
+        except BenchError as e:
+            p.exit(2, f"error: {e}\n")
         return
     if not args.mode:
         p.error("--mode or --compare is required")
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        p.error(f"--out {args.out} is a file, not a folder")
     out = run(args)
     with open(os.path.join(args.out, f"{args.mode}.json"), "w") as f:
         json.dump(out, f, indent=1)

@@ -113,12 +113,13 @@ class LLMEngine:
         def clock() -> float:
             return time.perf_counter() - t0
 
-        steps = loop(scheduler, runner, clock, on_step, _idle)
+        spans = loop(scheduler, runner, clock, on_step, _idle)
         wall = clock()
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         self.last_scheduler = scheduler
-        return GenerateResult(records, wall, sum(len(r.output_token_ids) for r in records), steps, start_epoch_ns)
+        return GenerateResult(records, wall, sum(len(r.output_token_ids) for r in records), len(spans),
+                              start_epoch_ns, step_spans_s=spans)
 
     def warmup(self, num_steps: int = 8) -> None:
         """Unrecorded work so that first-use costs stay out of a profile: one forward per padded step shape

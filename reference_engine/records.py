@@ -33,6 +33,9 @@ class GenerateResult:
     output_tokens: int
     num_steps: int
     start_epoch_ns: int  # time.time_ns() when generate() started
+    # (start, end) of every engine step in seconds since generate() started, from the engine's own clock:
+    # always recorded (two clock reads a step), so a step's wall time can be compared with and without a profiler
+    step_spans_s: list[tuple[float, float]] = field(default_factory=list)
 
     @property
     def tokens_per_s(self) -> float:

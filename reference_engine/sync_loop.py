@@ -9,9 +9,11 @@ from __future__ import annotations
 from torch.profiler import record_function
 
 
-def run_sync(scheduler, runner, clock, on_step=None, idle=None) -> int:
-    step = 0
+def run_sync(scheduler, runner, clock, on_step=None, idle=None) -> list[tuple[float, float]]:
+    """Run until every request has finished; returns each step's (start, end) on ``clock`` (seconds)."""
+    spans = []
     while scheduler.has_unfinished:
+        start = clock()
         with record_function("abprof.step"):
             with record_function("abprof.schedule"):
                 batch = scheduler.schedule(clock())
@@ -23,7 +25,7 @@ def run_sync(scheduler, runner, clock, on_step=None, idle=None) -> int:
         if batch is None:
             idle(scheduler, clock)  # nothing has arrived yet
             continue
+        spans.append((start, clock()))  # before on_step: a profiler's step() is not the engine's time
         if on_step is not None:
-            on_step(step)
-        step += 1
-    return step
+            on_step(len(spans) - 1)
+    return spans

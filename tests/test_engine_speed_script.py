@@ -47,7 +47,20 @@ def test_decode_rows_count_the_bytes_the_step_reads(dry_run):
         assert r["step_ms"] > 0 and r["logits_finite"]
         assert r["roofline_ms"] == pytest.approx((weights + r["kv_bytes"]) / (bw * 1e12) * 1e3)
         assert r["fraction"] == pytest.approx(r["roofline_ms"] / r["step_ms"])
-    assert doc["bandwidth"]["datasheet_tb_s"] == 3.35
+    assert doc["bandwidth"]["datasheet_tb_s"] is None  # the CPU has no HBM datasheet
+    assert all(r["roofline_datasheet_ms"] is None for r in doc["decode"])
+
+
+def test_datasheet_by_device_name():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from gpu_datasheet import lookup
+    assert lookup("NVIDIA H200").hbm_tb_s == 4.8
+    assert lookup("NVIDIA H100 80GB HBM3").hbm_tb_s == 3.35
+    assert lookup("NVIDIA H100 PCIe").hbm_tb_s == 2.0
+    assert lookup("NVIDIA GH200 480GB").name == "GH200"  # not the H200 its name contains
+    assert lookup("NVIDIA H20").name == "H20"
+    assert lookup("NVIDIA A100-SXM4-40GB").hbm_tb_s == 1.555
+    assert lookup("NVIDIA GeForce RTX 4090") is None
 
 
 def test_workload_and_host_split(dry_run):

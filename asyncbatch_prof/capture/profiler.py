@@ -52,11 +52,14 @@ class StepProfiler:
     """
 
     def __init__(self, trace_path: Path, window: ProfileWindow, with_stack: bool = False,
-                 cuda: bool | None = None):
+                 cuda: bool | None = None, cpu: bool = True, all_threads: bool = True):
+        """``cpu``: record CPU ops and annotations; ``all_threads``: of every thread, not only this one's."""
         self.trace_path = Path(trace_path)
         self.window = window
         self.with_stack = with_stack
         self.cuda = cuda
+        self.cpu = cpu
+        self.want_all_threads = all_threads
         self.steps_seen = 0
         self.trace_written = False
         self._prof = None
@@ -79,7 +82,7 @@ class StepProfiler:
         from torch.profiler import ProfilerActivity, profile, schedule
 
         cuda = torch.cuda.is_available() if self.cuda is None else self.cuda
-        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+        activities = ([ProfilerActivity.CPU] if self.cpu or not cuda else []) + ([ProfilerActivity.CUDA] if cuda else [])
         w = self.window
         self._prof = profile(activities=activities,
                              schedule=schedule(wait=w.wait, warmup=w.warmup, active=w.active, repeat=1),
@@ -91,6 +94,8 @@ class StepProfiler:
     def _all_threads_config(self) -> dict:
         """CPU ops are recorded per thread by default: only the thread that started the profiler. Engines
         that launch from a worker or background thread need every thread (torch >= 2.8 can)."""
+        if not (self.cpu and self.want_all_threads):
+            return {}
         try:
             from torch._C._profiler import _ExperimentalConfig
         except ImportError:

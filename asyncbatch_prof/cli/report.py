@@ -12,7 +12,8 @@ from asyncbatch_prof.cli.errors import cli_errors
 PlotlyJs = Annotated[Optional[str], typer.Option(
     "--plotly-js", metavar="SRC", help="Load plotly.js from SRC (a URL, a path relative to the HTML file, or "
     "'cdn' for plotly's CDN) instead of embedding it: ~4.6 MB smaller, but the page then needs SRC (no longer "
-    "offline with 'cdn'). Default: embedded.",
+    "offline with 'cdn'). A relative path that does not exist yet gets the installed plotly.js written there. "
+    "Default: embedded.",
     show_default=False)]
 
 
@@ -28,7 +29,12 @@ def report(
     with cli_errors():
         from asyncbatch_prof.report import write_report
 
+        from asyncbatch_prof.report.page import provide_plotly_js
+
         path = write_report(run, out=out, plotly_src=plotly_js)
+        note = provide_plotly_js(path, plotly_js)
+    if note:
+        typer.echo(note)
     typer.echo(f"report: {path}")
 
 
@@ -86,5 +92,10 @@ def compare(
         target = out if out is not None else Path(runs[0]).resolve().parent
         path = target if target.suffix == ".html" else target / "compare.html"
         _print_table(views, warning)
+        from asyncbatch_prof.report.page import provide_plotly_js
+
         runfolder.atomic_write_text(path, render_comparison(views, warning, plotly_js))
+        note = provide_plotly_js(path, plotly_js)
+    if note:
+        typer.echo(note)
     typer.echo(f"comparison: {path}")

@@ -8,8 +8,11 @@ from __future__ import annotations
 import html
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 
 import plotly.graph_objects as go
+
+from asyncbatch_prof.errors import AbprofError
 
 CSS = """
 body{font-family:system-ui,sans-serif;margin:0 auto;max-width:1500px;padding:16px 24px;color:#222;background:#fafafa}
@@ -33,10 +36,22 @@ code{font-size:11px}
 """
 
 # Figures are drawn after load, from JSON blocks: JSON.parse is fast, and one loop keeps the page's
-# own script short. Errors go to the console so the browser test sees them.
+# own script short. Errors go to the console so the browser test sees them. A page that loads plotly.js
+# from elsewhere (--plotly-js) says so in each figure's place when it did not arrive, instead of empty boxes.
 BOOT = """
 window.addEventListener('load', function () {
   var loaded = performance.now();
+  if (typeof Plotly === 'undefined') {
+    var src = (document.querySelector('script[src]') || {}).src || 'its source';
+    document.querySelectorAll('div.plot').forEach(function (div) {
+      div.className = 'fig fig-absent';
+      div.textContent = 'This chart needs plotly.js, which did not load from ' + src + ' (offline, or the file ' +
+        'is missing). Re-render the page with `abprof report RUN` to embed plotly.js and view it offline.';
+    });
+    document.body.dataset.plotlyMissing = 'yes';
+    document.body.dataset.rendered = 'no';
+    return;
+  }
   document.querySelectorAll('script.fig-data').forEach(function (node) {
     var spec = JSON.parse(node.textContent);
     Plotly.newPlot(node.dataset.target, spec.data, spec.layout,
@@ -72,6 +87,34 @@ def plotly_cdn_url() -> str:
     from plotly.offline import get_plotlyjs_version
 
     return f"https://cdn.plot.ly/plotly-{get_plotlyjs_version()}.min.js"
+
+
+def is_local_src(src: str | None) -> bool:
+    """Whether a ``--plotly-js`` value names a file beside the page (not a URL, not ``cdn``, not embedded)."""
+    return bool(src) and src != "cdn" and "://" not in src and not src.startswith("//")
+
+
+def provide_plotly_js(page_path, src: str | None) -> str | None:
+    """Make a page's local ``--plotly-js`` file exist: write the installed plotly.js there when it is missing.
+
+    ``src`` is resolved against the page's folder, as the browser will. Returns what was done (a line for the
+    user) or None; raises ``AbprofError`` when a file of that name exists but is not plotly.js.
+    """
+    if not is_local_src(src):
+        return None
+    target = (Path(page_path).parent / src).resolve()
+    if target.is_file():
+        with open(target, "rb") as f:
+            head = f.read(4096)
+        if b"plotly" not in head.lower():
+            raise AbprofError(f"--plotly-js {src}: {target} exists but is not plotly.js")
+        return None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.part")
+    tmp.write_text(plotly_js(), encoding="utf-8")
+    tmp.chmod(0o644)
+    tmp.replace(target)
+    return f"wrote plotly.js ({len(plotly_js()) / 1e6:.1f} MB) to {target}, which the page loads"
 
 
 def _safe_json(fig: go.Figure) -> str:

@@ -160,3 +160,21 @@ def test_describe_and_invalid_configs():
         LLMEngine(EngineConfig(device="cpu", cuda_graphs=True))
     with pytest.raises(ValueError, match="max_position_embeddings"):
         LLMEngine(EngineConfig(device="cpu", max_model_len=4096))
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_step_spans_are_recorded_for_every_step(mode):
+    # the engine's own clock: one (start, end) per step, in order, inside the run's wall time
+    from reference_engine import EngineConfig, LLMEngine, WorkloadConfig, make_workload
+
+    engine = LLMEngine(EngineConfig(model="tiny", mode=mode))
+    reqs = make_workload(WorkloadConfig(num_requests=4, prompt_len="fixed:8", output_len="fixed:5"),
+                         vocab_size=engine.vocab_size)
+    seen = []
+    result = engine.generate(reqs, on_step=seen.append)
+    engine.close()
+    spans = result.step_spans_s
+    assert len(spans) == result.num_steps == len(seen) and seen == list(range(len(spans)))
+    assert all(0 <= s < e for s, e in spans)
+    assert all(e1 <= s2 for (_, e1), (s2, _) in zip(spans, spans[1:]))
+    assert spans[-1][1] <= result.wall_s

@@ -81,3 +81,15 @@ def test_comparison_renders_offline_in_chromium(browser, runs, tmp_path):
     seen = open_page(browser, out, tmp_path / "compare.png")
     assert_rendered(seen, expected=12)
     assert (tmp_path / "compare.png").stat().st_size > 50_000
+
+
+def test_cdn_page_offline_says_plotly_did_not_load(browser, runs, tmp_path):
+    # the committed reports load plotly.js from plotly's CDN: offline they must say why no chart shows
+    path = write_report(runs["sync"], out=tmp_path / "cdn.html", plotly_src="cdn")
+    page = browser.new_page()
+    page.route("**/*", lambda route: route.continue_() if route.request.url.startswith("file://") else route.abort())
+    page.goto(path.as_uri())
+    page.wait_for_function("document.body.dataset.plotlyMissing === 'yes'", timeout=30_000)
+    messages = page.evaluate("Array.from(document.querySelectorAll('.fig-absent')).map(d => d.textContent)")
+    page.close()
+    assert len(messages) == 6 and all("needs plotly.js" in m and "cdn.plot.ly" in m for m in messages)

@@ -28,3 +28,15 @@ def test_plotly_from_cdn_names_the_embedded_version(runs, cli, tmp_path):
     page = (tmp_path / "cdn.html").read_text()
     assert f'<script src="https://cdn.plot.ly/plotly-{get_plotlyjs_version()}.min.js"></script>' in page
     assert plotly_js()[:200] not in page
+
+
+def test_local_plotly_js_is_written_when_missing_and_checked_when_present(runs, cli, tmp_path):
+    result = cli("report", runs["sync"], "--out", tmp_path / "site" / "a.html", "--plotly-js", "js/plotly.min.js")
+    assert result.exit_code == 0, result.output
+    written = tmp_path / "site" / "js" / "plotly.min.js"
+    assert written.read_text() == plotly_js() and "wrote plotly.js" in result.output
+    again = cli("report", runs["sync"], "--out", tmp_path / "site" / "b.html", "--plotly-js", "js/plotly.min.js")
+    assert again.exit_code == 0 and "wrote plotly.js" not in again.output  # the file is reused
+    (tmp_path / "site" / "not.js").write_text("console.log('hello')")
+    bad = cli("report", runs["sync"], "--out", tmp_path / "site" / "c.html", "--plotly-js", "not.js")
+    assert bad.exit_code == 2 and "is not plotly.js" in bad.output
