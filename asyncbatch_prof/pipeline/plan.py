@@ -33,21 +33,15 @@ class RunSpec:
     engine: str = EngineName.REFERENCE.value
     engine_config: dict[str, Any] = field(default_factory=dict)
     workload: dict[str, Any] = field(default_factory=dict)
-    window: ProfileWindow = field(default_factory=ProfileWindow)
-    engine_warmup_steps: int = 8
-    warmup_runs: int = 1  # unprofiled passes over the whole workload before measuring (JIT, graphs, allocator)
-    with_stack: bool = False
-    measure_overhead: bool = False
-    nvml: bool = True
+    settings: RecordSettings = field(default_factory=RecordSettings)  # how the capture records it
     command: list[str] = field(default_factory=list)  # an abprof run command that repeats this run
     argv: list[str] = field(default_factory=list)  # the command line as typed
     notes: list[str] = field(default_factory=list)
 
-    def settings(self) -> RecordSettings:
-        """How the capture records this run."""
-        return RecordSettings(window=self.window, engine_warmup_steps=self.engine_warmup_steps,
-                              warmup_runs=self.warmup_runs, with_stack=self.with_stack,
-                              measure_overhead=self.measure_overhead, nvml=self.nvml)
+    @property
+    def window(self) -> ProfileWindow:
+        """The engine steps the profiler records."""
+        return self.settings.window
 
 
 @dataclass
@@ -225,9 +219,10 @@ def plan_runs(opts: RunOptions, command: list[str] | None = None) -> RunPlan:
     plan = RunPlan(mode=mode.value, out=out, notes=notes)
     for loop in mode.loops:
         run_dir = out / loop if mode is RunMode.BOTH else out
-        spec = RunSpec(mode=loop, engine=engine.value, engine_config=config, workload=workload, window=window,
-                       engine_warmup_steps=opts.engine_warmup_steps, warmup_runs=opts.warmup_runs,
-                       with_stack=opts.with_stack, measure_overhead=opts.measure_overhead, nvml=opts.nvml,
+        settings = RecordSettings(window=window, engine_warmup_steps=opts.engine_warmup_steps,
+                                  warmup_runs=opts.warmup_runs, with_stack=opts.with_stack,
+                                  measure_overhead=opts.measure_overhead, nvml=opts.nvml)
+        spec = RunSpec(mode=loop, engine=engine.value, engine_config=config, workload=workload, settings=settings,
                        command=reproduce_command(opts, loop, run_dir), argv=list(command or []), notes=list(notes))
         plan.runs.append((loop, spec, run_dir))
     if mode is RunMode.BOTH:

@@ -85,7 +85,7 @@ def _run(spec: RunSpec, run_dir: Path, run_doc: dict, on_step: StepCallback | No
     engine, requests = build_engine(spec.engine, spec.mode, spec.engine_config, spec.workload)
     try:
         run_doc["model"] = engine.describe()
-        capture = record(engine, requests, spec.settings(), run_dir / rf.TRACE, on_step, phase)
+        capture = record(engine, requests, spec.settings, run_dir / rf.TRACE, on_step, phase)
     finally:
         engine.close()
     check_evidence(capture, spec)
