@@ -20,6 +20,7 @@ def analyze(path, **options) -> "TraceAnalysis":
     """
     from asyncbatch_prof.analysis import analyze as _analyze
 
+    options.setdefault("tool_version", __version__)
     return _analyze(path, **options)
 
 

@@ -271,7 +271,7 @@ def transformers_part(cfg: dict, mode: str, tokens_path: Path) -> dict:
     """The standard workload once through transformers' continuous batching (manager warmed up outside the timing)."""
     import transformers
 
-    from asyncbatch_prof.capture.transformers_engine import TransformersCBEngine
+    from asyncbatch_prof.engines.transformers_cb import TransformersCBEngine
     from reference_engine import EngineConfig, WorkloadConfig, make_workload
 
     engine = TransformersCBEngine(EngineConfig(model=cfg["model"], mode=mode, max_seqs=cfg["max_seqs"],

@@ -71,10 +71,8 @@ def _capture():
 
 
 def _window(cfg: dict, workload: dict):
-    try:
-        from asyncbatch_prof.capture.options import default_window
-    except ImportError:  # moved by the run-path restructuring
-        from asyncbatch_prof.pipeline.options import default_window  # type: ignore[no-redef]
+    from asyncbatch_prof.pipeline.plan import default_window
+
     return default_window(workload, cfg["max_batch_tokens"], cfg["max_seqs"], WARMUP_STEPS)
 
 

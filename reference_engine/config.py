@@ -4,8 +4,21 @@ from __future__ import annotations
 
 import os
 from dataclasses import asdict, dataclass
+from enum import Enum
 
-MODES = ("sync", "async")
+
+class LoopMode(str, Enum):
+    """The engine's scheduling loop: ``sync`` waits for each step's tokens before scheduling the next;
+    ``async`` schedules step N+1 while step N runs on the GPU."""
+
+    SYNC = "sync"
+    ASYNC = "async"
+
+    def __str__(self) -> str:  # the value, as a plain str would print (f-strings, labels, file names)
+        return self.value
+
+
+MODES = tuple(m.value for m in LoopMode)
 DTYPES = ("float32", "float16", "bfloat16")
 
 # Model shapes by name. Random weights from the engine's seed; bf16 on CUDA, fp32 on the CPU.
@@ -31,7 +44,7 @@ class EngineConfig:
     """Everything that shapes an engine. ``None`` fields are resolved by the engine (see ``LLMEngine``)."""
 
     model: str = "tiny"  # preset name or a checkpoint folder (config.json + *.safetensors)
-    mode: str = "sync"  # "sync" | "async"
+    mode: LoopMode = LoopMode.SYNC  # a LoopMode or its value ("sync" | "async")
     device: str | None = None  # None: "cuda" if available else "cpu"
     dtype: str | None = None  # None: bfloat16 on CUDA, float32 on CPU
     max_batch_tokens: int = 2048
@@ -56,7 +69,9 @@ class EngineConfig:
         elif self.model not in PRESETS and not os.path.isfile(os.path.join(self.model, "config.json")):
             problems.append(f"model {self.model!r} is neither a preset ({', '.join(sorted(PRESETS))}) "
                             "nor a folder with a config.json")
-        if self.mode not in MODES:
+        try:
+            self.mode = LoopMode(self.mode)
+        except ValueError:
             problems.append(f"mode must be one of {MODES}, got {self.mode!r}")
         if self.device is not None and not (isinstance(self.device, str) and
                                             self.device.split(":")[0] in ("cpu", "cuda")):
@@ -88,4 +103,5 @@ class EngineConfig:
             raise ValueError("invalid EngineConfig: " + "; ".join(problems))
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields as plain values (``mode`` as its string), for JSON."""
+        return {**asdict(self), "mode": str(self.mode)}

@@ -80,6 +80,9 @@ _METRICS = [
 ]
 
 METRICS: dict[str, Metric] = {m.name: m for m in _METRICS}
+# A metric with a value per window is computed from the trace (the windows are trace windows); these are
+# the trace analysis' headline numbers, in the contract's order.
+TRACE_METRICS: tuple[str, ...] = tuple(m.name for m in _METRICS if m.windowed)
 
 
 class UnknownMetricError(KeyError):
@@ -122,3 +125,29 @@ def lookup(doc: Mapping[str, Any], qualified: str) -> tuple[float | None, str | 
         return float(value), None
     reason = absent.get(qualified) or absent.get(metric.name) or "not in metrics.json"
     return None, str(reason)
+
+
+def format_value(qualified: str, value: float | None) -> str:
+    """A metric value for people, in the metric's unit (%, ms, µs, tok/s, J/tok, yes/no); '—' for None.
+
+    The one formatter of the CLI summaries, the HTML report and the comparison, so a number reads the
+    same wherever it is shown."""
+    if value is None:
+        return "—"
+    metric, _ = parse_name(qualified)
+    unit = metric.unit
+    if unit == "%":
+        return f"{value:.1f}%"
+    if unit == "ms":
+        return f"{value:.2f} ms" if abs(value) < 100 else f"{value:.1f} ms"
+    if unit == "us":
+        return f"{value:,.1f} µs"
+    if unit in ("tok/s", "req/s"):
+        return f"{value:,.0f} {unit}" if abs(value) >= 100 else f"{value:.2f} {unit}"
+    if unit == "J/tok":
+        return f"{value:.3g} J/tok"
+    if unit == "bool":
+        return "yes" if value else "no"
+    if unit == "count":
+        return f"{value:.0f}"
+    return f"{value:g} {unit}"

@@ -7,7 +7,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from asyncbatch_prof import __version__
 from asyncbatch_prof.analysis import contract, intervals
 from asyncbatch_prof.analysis.loader import TraceEvents
 from asyncbatch_prof.analysis.windows import WindowResult
@@ -121,7 +120,7 @@ def build_doc(ta, ev: TraceEvents) -> dict[str, Any]:
                                   "is a lower bound")
     doc: dict[str, Any] = {
         "schema_version": contract.SCHEMA_VERSION,
-        "tool": {"name": "abprof", "version": __version__},
+        "tool": {"name": "abprof", "version": ta.tool_version},
         "trace": {
             "path": str(ta.path), "base_time_ns": ev.base_time_ns, "origin_us": ev.origin_us,
             "time_base": "absolute epoch µs" if ev.base_time_ns == 0 else "relative to baseTimeNanoseconds"

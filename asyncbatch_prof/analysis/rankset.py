@@ -16,7 +16,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from asyncbatch_prof import __version__
 from asyncbatch_prof.analysis import contract, intervals
 from asyncbatch_prof.analysis.comm import match_collectives, straggler
 from asyncbatch_prof.analysis.host import attribute_to_phases
@@ -40,19 +39,24 @@ class RankSet:
     doc: dict[str, Any]
 
 
-def analyze_rank_set(path: str | Path, threshold_us: float = 30.0, jobs: int | None = None) -> RankSet:
+def analyze_rank_set(path: str | Path, threshold_us: float = 30.0, jobs: int | None = None,
+                     tool_version: str | None = None) -> RankSet:
     """Analyze a folder of per-rank traces, a run folder or one multi-device trace as a rank set.
 
-    ``jobs`` worker processes analyze the files (default: one per file up to the usable cores).
+    ``jobs`` worker processes analyze the files (default: one per file up to the usable cores);
+    ``tool_version`` goes into the merged document's ``tool`` (the caller knows it).
     """
     source = find_rank_traces(path)
     if source.kind in ("file", "run"):
         ev = load_trace(source.files[0])
-        ta = TraceAnalysis(source.files[0], ev, threshold_us)
-        return merge(source, parts_of(ta, ev), by_device=True, jobs=1)
-    jobs = default_jobs(len(source.files)) if jobs is None else jobs
-    parts = [p for per_file in analyze_files(source.files, threshold_us, jobs) for p in per_file]
-    return merge(source, parts, by_device=False, jobs=jobs)
+        ta = TraceAnalysis(source.files[0], ev, threshold_us, tool_version=tool_version)
+        rs = merge(source, parts_of(ta, ev), by_device=True, jobs=1)
+    else:
+        jobs = default_jobs(len(source.files)) if jobs is None else jobs
+        parts = [p for per_file in analyze_files(source.files, threshold_us, jobs) for p in per_file]
+        rs = merge(source, parts, by_device=False, jobs=jobs)
+    rs.doc["tool"]["version"] = tool_version
+    return rs
 
 
 def _shifts(ranks: dict[int, RankPart], by_device: bool) -> tuple[dict[int, float] | None, str]:
@@ -127,7 +131,7 @@ def _doc(source, ranks, matched, counts, shifts, clock, jobs) -> dict[str, Any]:
     for name in ("gpu_idle_pct", "host_bound_pct", "overlap_pct"):
         absent[name] = "a rank set: per-rank values are in ranks/rank<N>.metrics.json; see gpu_idle_pct_worst_rank"
     return {
-        "schema_version": contract.SCHEMA_VERSION, "tool": {"name": "abprof", "version": __version__},
+        "schema_version": contract.SCHEMA_VERSION, "tool": {"name": "abprof", "version": None},
         "rank_set": {"source": source.kind, "path": str(source.path), "ranks": len(ranks), "jobs": jobs,
                      "clock": clock, "worst_idle_rank": None if worst is None else int(worst)},
         "ranks": rows, "collectives": counts, "straggler": straggler_doc, "metrics": metrics, "absent": absent,

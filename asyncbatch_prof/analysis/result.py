@@ -27,8 +27,7 @@ from asyncbatch_prof.analysis.steps import launches_frame, step_window, steps_fr
 from asyncbatch_prof.analysis.windows import PhaseCache, WindowResult, window_metrics
 
 NO_GPU = "no GPU activity in trace"
-HEADLINE = ("gpu_idle_pct", "gpu_busy_us", "window_us", "host_bound_pct", "launch_latency_pct", "dependency_pct",
-            "overlap_pct", "sync_wait_pct", "stream_concurrency_pct")
+HEADLINE = contract.TRACE_METRICS
 
 
 class TraceAnalysis:
@@ -38,8 +37,10 @@ class TraceAnalysis:
     names for ``device`` and the default window, or None when absent (``absent`` says why).
     """
 
-    def __init__(self, path: Path, ev: TraceEvents, threshold_us: float, steps_config: StepsConfig | None = None):
+    def __init__(self, path: Path, ev: TraceEvents, threshold_us: float, steps_config: StepsConfig | None = None,
+                 tool_version: str | None = None):
         self.path = Path(path)
+        self.tool_version = tool_version
         self.launch_latency_threshold_us = float(threshold_us)
         self.base_time_ns = ev.base_time_ns
         self.origin_us = ev.origin_us
@@ -113,14 +114,6 @@ class TraceAnalysis:
         """Whether the trace holds any GPU op (kernel, memcpy, memset)."""
         return self.device is not None
 
-    def write_metrics(self, path: str | Path) -> Path:
-        """Write ``doc`` as metrics.json atomically; return the path."""
-        from asyncbatch_prof.runfolder import atomic_write_json
-
-        path = Path(path)
-        atomic_write_json(path, self.doc)
-        return path
-
 
 def _device_windows(ops, launches, engine, steps, phases, threshold_us, source) -> dict[str, WindowResult | str]:
     out: dict[str, WindowResult | str] = {}
@@ -154,12 +147,15 @@ def _cpu_phases_frame(ev: TraceEvents, engine, phases: PhaseCache) -> pd.DataFra
 
 
 def analyze(path: str | Path, launch_latency_threshold_us: float = 30.0,
-            steps_config: StepsConfig | None = None, max_trace_bytes: int | None = None) -> TraceAnalysis:
+            steps_config: StepsConfig | None = None, max_trace_bytes: int | None = None,
+            tool_version: str | None = None) -> TraceAnalysis:
     """Analyze a ``.json``/``.json.gz`` torch.profiler trace; the threshold separates launch latency from
     dependency gaps (µs); ``steps_config`` maps range names to steps and phases for engines abprof does not
-    know; ``max_trace_bytes`` caps the decompressed bytes read (loader.load_trace). Raises TraceError (exit 2
-    in the CLI) for unreadable input."""
+    know; ``max_trace_bytes`` caps the decompressed bytes read (loader.load_trace). ``tool_version`` goes
+    into the document's ``tool`` (the caller knows it; the analysis does not import the package above it).
+    Raises TraceError (exit 2 in the CLI) for unreadable input."""
     if not launch_latency_threshold_us >= 0:
-        raise TraceError(f"--threshold-us must be a non-negative number of µs, not {launch_latency_threshold_us}")
+        raise TraceError(f"the launch-latency threshold must be a non-negative number of µs, "
+                         f"not {launch_latency_threshold_us}")
     ev = load_trace(path, max_trace_bytes)
-    return TraceAnalysis(Path(path), ev, launch_latency_threshold_us, steps_config)
+    return TraceAnalysis(Path(path), ev, launch_latency_threshold_us, steps_config, tool_version)

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 
 from asyncbatch_prof.analysis import intervals
+from asyncbatch_prof.analysis.contract import TRACE_METRICS
 from asyncbatch_prof.analysis.gpu import GAP_CLASSES, HOST_BOUND, DeviceOps, Gaps, Launches, idle_gaps
 from asyncbatch_prof.analysis.host import EngineThread, attribute_to_phases, thread_phases
 from asyncbatch_prof.analysis.loader import TraceEvents
@@ -75,8 +76,7 @@ def window_metrics(name: str, lo: float, hi: float, ops: DeviceOps, launches: La
     return res
 
 
-_ALL = ("window_us", "gpu_busy_us", "gpu_idle_pct", "host_bound_pct", "launch_latency_pct", "dependency_pct",
-        "overlap_pct", "sync_wait_pct", "stream_concurrency_pct")
+_ALL = TRACE_METRICS
 
 
 def _gap_classes(res: WindowResult, ops: DeviceOps, launches: Launches, phases: PhaseCache, threshold_us: float,

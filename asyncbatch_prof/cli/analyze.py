@@ -10,19 +10,11 @@ import typer
 
 from asyncbatch_prof.cli.errors import cli_errors, fail
 
-_ROWS = (
-    ("gpu_idle_pct", "GPU idle", "%"),
-    ("host_bound_pct", "  host-bound", "%"),
-    ("launch_latency_pct", "  launch latency", "%"),
-    ("dependency_pct", "  dependency", "%"),
-    ("overlap_pct", "CPU/GPU overlap", "%"),
-    ("sync_wait_pct", "sync wait", "%"),
-    ("stream_concurrency_pct", "stream concurrency", "%"),
-    ("comm_pct", "communication (NCCL)", "%"),
-    ("comm_overlap_pct", "  overlapped by compute", "%"),
-    ("gpu_busy_us", "GPU busy", "ms"),
-    ("window_us", "window", "ms"),
-)
+# Labels of the trace metrics (contract.TRACE_METRICS, in its order); the idle classes indented under idle.
+_LABELS = {"gpu_idle_pct": "GPU idle", "host_bound_pct": "  host-bound", "launch_latency_pct": "  launch latency",
+           "dependency_pct": "  dependency", "overlap_pct": "CPU/GPU overlap", "sync_wait_pct": "sync wait",
+           "stream_concurrency_pct": "stream concurrency", "comm_pct": "communication (NCCL)",
+           "comm_overlap_pct": "  overlapped by compute", "gpu_busy_us": "GPU busy", "window_us": "window"}
 
 
 def analyze(
@@ -59,8 +51,10 @@ def analyze(
     for a rank set (a folder of per-rank traces, a TP run folder, a trace with several devices) also per-rank
     figures, communication, collective wait vs transfer and the straggler."""
     with cli_errors():
+        from asyncbatch_prof import __version__
         from asyncbatch_prof.analysis import analyze as run_analysis
         from asyncbatch_prof.analysis.ranks import find_rank_traces
+        from asyncbatch_prof.runfolder import atomic_write_json
         from asyncbatch_prof.analysis.reader import parse_size
         from asyncbatch_prof.analysis.step_sources import find_steps_config, load_steps_config
 
@@ -74,16 +68,17 @@ def analyze(
             steps_config = find_steps_config(Path.cwd())
         config = load_steps_config(steps_config) if steps_config is not None else None
         cap = None if max_trace_bytes is None else parse_size(max_trace_bytes, "--max-trace-bytes")
-        ta = run_analysis(trace, launch_latency_threshold_us=threshold_us, steps_config=config, max_trace_bytes=cap)
+        ta = run_analysis(trace, launch_latency_threshold_us=threshold_us, steps_config=config, max_trace_bytes=cap,
+                          tool_version=__version__)
         target = (out if out is not None else trace.parent) / "metrics.json"
         if len(ta.devices) > 1:
             from asyncbatch_prof.analysis.rankset import analyze_rank_set
             from asyncbatch_prof.cli.ranks import write_rank_set
 
-            rank_set = analyze_rank_set(trace, threshold_us)
+            rank_set = analyze_rank_set(trace, threshold_us, tool_version=__version__)
             write_rank_set(rank_set, target.parent, base_doc=ta.doc)
         else:
-            ta.write_metrics(target)
+            atomic_write_json(target, ta.doc)
         if as_json:
             typer.echo(json.dumps(ta.doc if rank_set is None else json.loads(target.read_text()), indent=2))
             warning = integrity_warning(ta.doc)
@@ -106,19 +101,15 @@ def integrity_warning(doc: dict) -> str | None:
             f"evidence: {reasons[0]}{more}")
 
 
-def _fmt(value: float | None, unit: str) -> str:
-    if value is None:
-        return "—"
-    return f"{value / 1e3:,.3f} ms" if unit == "ms" else f"{value:.2f} %"
-
-
 def _analyze_rank_set(path: Path, out: Path, threshold_us: float, jobs: int | None, as_json: bool) -> None:
     from rich.console import Console
 
     from asyncbatch_prof.analysis.rankset import analyze_rank_set
     from asyncbatch_prof.cli.ranks import print_rank_set, write_rank_set
 
-    rs = analyze_rank_set(path, threshold_us, jobs)
+    from asyncbatch_prof import __version__
+
+    rs = analyze_rank_set(path, threshold_us, jobs, tool_version=__version__)
     target = write_rank_set(rs, out)
     if as_json:
         typer.echo(json.dumps(rs.doc, indent=2))
@@ -133,7 +124,7 @@ def _print_summary(ta, target: Path, rank_set=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    from asyncbatch_prof.analysis.contract import lookup
+    from asyncbatch_prof.analysis.contract import TRACE_METRICS, format_value, lookup
     from asyncbatch_prof.analysis.step_time import one_line
 
     console = Console()
@@ -163,9 +154,9 @@ def _print_summary(ta, target: Path, rank_set=None) -> None:
         for window in ("step", "kernel"):
             table.add_column(f"{window} window", justify="right")
         per = doc["devices"].get(str(dev), {})
-        for name, label, unit in _ROWS:
-            cells = [_fmt(per.get(w, {}).get("metrics", {}).get(name), unit) for w in ("step", "kernel")]
-            table.add_row(label, *cells)
+        for name in sorted(TRACE_METRICS, key=lambda n: list(_LABELS).index(n) if n in _LABELS else len(_LABELS)):
+            cells = [format_value(f"{name}.{w}", per.get(w, {}).get("metrics", {}).get(name)) for w in ("step", "kernel")]
+            table.add_row(_LABELS.get(name, name), *cells)
         console.print(table)
     if rank_set is not None:
         from asyncbatch_prof.cli.ranks import print_rank_set

@@ -43,7 +43,7 @@ def _print_table(views, warning: str | None, exs) -> None:
     from rich.table import Table
 
     from asyncbatch_prof.analysis.contract import lookup
-    from asyncbatch_prof.report.cards import format_value
+    from asyncbatch_prof.analysis.contract import format_value
     from asyncbatch_prof.report.compare import COMPARED, delta, is_slower, run_names
 
     names = run_names(views)

@@ -12,7 +12,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from asyncbatch_prof.analysis.contract import lookup, parse_name
+from asyncbatch_prof.analysis.contract import format_value, lookup
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,27 +44,6 @@ IDLE_CAUSES = [
 ]
 
 NVML_CARD = Card("nvml_util_pct", "NVML util", "any kernel running in the ~200 ms sample; not SM utilization")
-
-
-def format_value(qualified: str, value: float) -> str:
-    """The text a card shows for a metric value, in the metric's unit (%, ms, tok/s, J/tok, ...)."""
-    metric, _ = parse_name(qualified)
-    unit = metric.unit
-    if unit == "%":
-        return f"{value:.1f}%"
-    if unit == "ms":
-        return f"{value:.2f} ms" if abs(value) < 100 else f"{value:.1f} ms"
-    if unit == "us":
-        return f"{value:,.1f} µs"
-    if unit in ("tok/s", "req/s"):
-        return f"{value:,.0f} {unit}" if abs(value) >= 100 else f"{value:.2f} {unit}"
-    if unit == "J/tok":
-        return f"{value:.3g} J/tok"
-    if unit == "bool":
-        return "yes" if value else "no"
-    if unit == "count":
-        return f"{value:.0f}"
-    return f"{value:g} {unit}"
 
 
 def _esc(text: Any) -> str:

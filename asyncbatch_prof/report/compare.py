@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from asyncbatch_prof import runfolder
-from asyncbatch_prof.analysis.contract import lookup, parse_name
+from asyncbatch_prof.analysis.contract import format_value, lookup, parse_name
 from asyncbatch_prof.analysis.explain import explain, hardware, hardware_line, tokens_per_step, verdict
 from asyncbatch_prof.errors import AbprofError
 from asyncbatch_prof.report import cards
@@ -140,7 +140,7 @@ def summary_line(d: Delta) -> str:
     """``GPU idle (step window) 24.1% -> 1.8%, -22.3 points (better)`` for one delta."""
     if d.direction is None:
         return f"{d.label}: absent in one run"
-    fmt = lambda v: cards.format_value(d.metric, v)  # noqa: E731
+    fmt = lambda v: format_value(d.metric, v)  # noqa: E731
     return f"{d.label} {fmt(d.base)} → {fmt(d.value)}, {d.change} ({d.direction})"
 
 
@@ -198,7 +198,7 @@ def _delta_table(views: Sequence[RunView], names: list[str], exs: Sequence[dict]
             if value is None:
                 cells.append(f'<td class="same" title="{html.escape(reason or "")}">absent</td>')
                 continue
-            text = html.escape(cards.format_value(m, value))
+            text = html.escape(format_value(m, value))
             if view is not views[0]:
                 d = delta(m, label, base, value, is_slower(exs[i - 1]) if i - 1 < len(exs) else None)
                 if d.direction:
@@ -236,6 +236,14 @@ def render_comparison(views: Sequence[RunView], warning: str | None = None, plot
     page.add("<h2>Configuration and environment</h2>" + grid + "".join(
         f"<div><h3>{html.escape(n)}</h3>{cards.config_html(v.run)}</div>" for n, v in zip(names, views)) + "</div>")
     return page.render()
+
+
+def write_view_comparison(views: Sequence[RunView], out_path: Path, force: bool = False) -> Path:
+    """Write the comparison page of runs already in memory (their views, analyses included) to ``out_path``
+    atomically, after the same workload check as :func:`load_comparison`."""
+    warning = check_same_workload([(v.run_dir, v.run) for v in views], force)
+    runfolder.atomic_write_text(Path(out_path), render_comparison(views, warning))
+    return Path(out_path)
 
 
 def write_comparison(run_dirs: Sequence[Path], out_path: Path, force: bool = False,

@@ -7,6 +7,7 @@ analysis DataFrames of the same trace, so a figure never shows a number the card
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from asyncbatch_prof import runfolder
+from asyncbatch_prof import __version__, runfolder
 from asyncbatch_prof.errors import AbprofError
 
 
@@ -46,12 +47,13 @@ def _analyze(trace: Path, doc: dict[str, Any]) -> Any:
     threshold = doc.get("launch_latency_threshold_us")
     if threshold is None:
         threshold = (doc.get("trace") or {}).get("launch_latency_threshold_us", 30.0)
-    return analyze(trace, launch_latency_threshold_us=float(threshold))
+    return analyze(trace, launch_latency_threshold_us=float(threshold), tool_version=__version__)
 
 
-def read_requests(path: Path) -> pd.DataFrame:
-    """requests.csv as a DataFrame (seconds and ms columns as the file has them); empty if missing."""
-    if not path.exists():
+def read_requests(path: Path | io.StringIO) -> pd.DataFrame:
+    """requests.csv (a path, or its text in a StringIO) as a DataFrame (seconds and ms columns as the file
+    has them); empty if missing."""
+    if isinstance(path, Path) and not path.exists():
         return pd.DataFrame()
     try:
         return pd.read_csv(path, keep_default_na=True, dtype={"token_times_s": "string"})
@@ -59,9 +61,10 @@ def read_requests(path: Path) -> pd.DataFrame:
         raise AbprofError(f"{path} is not a readable CSV: {exc}") from None
 
 
-def read_nvml(path: Path) -> pd.DataFrame:
-    """nvml.csv (long format ``epoch_us,series,value``) as a DataFrame; empty if missing."""
-    if not path.exists():
+def read_nvml(path: Path | io.StringIO) -> pd.DataFrame:
+    """nvml.csv (long format ``epoch_us,series,value``; a path or its text in a StringIO) as a DataFrame;
+    empty if missing."""
+    if isinstance(path, Path) and not path.exists():
         return pd.DataFrame(columns=["epoch_us", "series", "value"])
     try:
         frame = pd.read_csv(path)
@@ -117,4 +120,16 @@ def load_run(run_dir: Path, analysis: Any | None = None) -> RunView:
         analysis_absent=absent_reason,
         requests=read_requests(run_dir / runfolder.REQUESTS_CSV),
         nvml=read_nvml(run_dir / runfolder.NVML_CSV),
+    )
+
+
+def view_from_memory(run_dir: Path, run: dict[str, Any], doc: dict[str, Any], analysis: Any | None,
+                     requests_csv: str, nvml_csv: str) -> RunView:
+    """The view of a run that is being written, from what the pipeline holds: the same frames the files
+    would give (their text parsed the way the files are), without reading the folder back."""
+    return RunView(
+        run_dir=Path(run_dir), name=run.get("mode") or Path(run_dir).name, run=run, doc=doc, analysis=analysis,
+        analysis_absent=None if analysis is not None else (doc.get("absent", {}).get("gpu_idle_pct")
+                                                           or f"no {runfolder.TRACE} in the run folder"),
+        requests=read_requests(io.StringIO(requests_csv)), nvml=read_nvml(io.StringIO(nvml_csv)),
     )

@@ -20,7 +20,7 @@ def test_analyze_writes_metrics_beside_the_trace(cli, tmp_path, trace_builder):
     doc = json.loads((tmp_path / "metrics.json").read_text())
     assert doc["schema_version"] == SCHEMA_VERSION and doc["tool"]["name"] == "abprof"
     assert lookup(doc, "gpu_idle_pct") == (62.5, None)  # the step window by default
-    assert "62.50 %" in result.output and "abprof.schedule" in result.output
+    assert "62.5%" in result.output and "abprof.schedule" in result.output
 
 
 def test_out_threshold_and_json(cli, tmp_path, trace_builder):

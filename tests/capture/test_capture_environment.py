@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 
 from asyncbatch_prof.capture.environment import environment, git_commit
-from asyncbatch_prof.capture.runner import fail_reason
+from asyncbatch_prof.pipeline.runner import fail_reason
 
 
 def test_capture_environment_versions(tmp_path):

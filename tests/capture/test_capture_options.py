@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from asyncbatch_prof.capture.options import (ALL_STEPS, RunOptions, default_window, estimate_steps, parse_window,
-                                             plan_runs)
+from asyncbatch_prof.pipeline.plan import (ALL_STEPS, RunOptions, default_window, estimate_steps, parse_window,
+                                           plan_runs)
 from asyncbatch_prof.errors import AbprofError
 
 STANDARD = dict(num_requests=256, prompt_len="uniform:128:1024", output_len="fixed:256", arrival_rate=None, seed=0,
@@ -21,7 +21,7 @@ def test_capture_default_window_is_in_the_decode_part():
 def test_capture_default_window_matches_a_real_run():
     from reference_engine import EngineConfig, LLMEngine, make_workload
 
-    from asyncbatch_prof.capture.engines import workload_config
+    from asyncbatch_prof.engines import workload_config
 
     workload = dict(STANDARD, num_requests=12, prompt_len="uniform:16:96", output_len="fixed:12")
     engine = LLMEngine(EngineConfig(model="tiny", max_batch_tokens=128))

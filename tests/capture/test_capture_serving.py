@@ -10,7 +10,8 @@ import pytest
 
 from reference_engine import RequestRecord
 
-from asyncbatch_prof.capture.serving import requests_csv, serving_metrics
+from asyncbatch_prof.analysis.serving import serving_metrics
+from asyncbatch_prof.runfolder import requests_csv
 
 
 def _records():

@@ -23,7 +23,7 @@ def test_capture_transformers_same_tokens_as_reference(workload):
     """Same preset, same seed, greedy: transformers' loop must produce the reference engine's tokens."""
     from reference_engine import EngineConfig, LLMEngine, make_workload
 
-    from asyncbatch_prof.capture.transformers_engine import TransformersCBEngine
+    from asyncbatch_prof.engines.transformers_cb import TransformersCBEngine
 
     cfg = EngineConfig(model="tiny", mode="sync", max_batch_tokens=64, seed=5)
     hf = TransformersCBEngine(cfg)

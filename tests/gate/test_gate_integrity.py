@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from asyncbatch_prof.runfolder import atomic_write_json
 from asyncbatch_prof.analysis import analyze
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,7 +30,7 @@ def incomplete_metrics(tmp_path_factory) -> Path:
         json.dump(doc, f)
     ta = analyze(folder / "trace.json.gz")
     assert ta.doc["trace_integrity"]["verdict"] == "incomplete"
-    return ta.write_metrics(folder / "metrics.json")
+    return atomic_write_json(folder / "metrics.json", ta.doc)
 
 
 def _checks(result) -> dict:
@@ -84,6 +85,6 @@ def test_metrics_not_from_the_trace_stay_valid(gate_cli, metrics_file):
 
 
 def test_intact_trace_passes(gate_cli, tmp_path):
-    path = analyze(ENGINE_ASYNC).write_metrics(tmp_path / "metrics.json")
+    path = atomic_write_json(tmp_path / "metrics.json", analyze(ENGINE_ASYNC).doc)
     r = gate_cli(path, "--max", "gpu_idle_pct=50", "--min", "trace_complete=1")
     assert r.exit_code == 0, r.output

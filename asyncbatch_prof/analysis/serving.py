@@ -1,4 +1,4 @@
-"""Serving metrics from the engine's per-request records (not from the trace), and requests.csv.
+"""Serving metrics from the engine's per-request records (not from the trace).
 
 Records follow INTERFACES §1: times in seconds since ``generate()`` started. TTFT = first token −
 arrival, ITL = gaps between consecutive output tokens of one request (pooled over requests), E2E =
@@ -7,18 +7,12 @@ finish − arrival; percentiles are numpy's linear interpolation, reported in ms
 
 from __future__ import annotations
 
-import csv
-import io
 from collections import Counter
 from typing import Any, Iterable
 
 import numpy as np
 
 PERCENTILES = (50, 90, 99)
-REQUESTS_COLUMNS = ("request_id", "prompt_len", "max_new_tokens", "output_tokens", "arrival_s", "scheduled_s",
-                    "first_token_s", "finish_s", "ttft_ms", "e2e_ms", "preemptions", "finish_reason",
-                    "rejected_reason", "token_times_s")
-
 
 def _ms(later: float | None, earlier: float | None) -> float | None:
     if later is None or earlier is None:
@@ -71,22 +65,3 @@ def serving_metrics(records: list[Any], wall_s: float,
         "samples": {k: len(v) for k, v in samples.items()},
     }
     return metrics, absent, section
-
-
-def requests_csv(records: list[Any]) -> str:
-    """requests.csv text, one row per request (INTERFACES §3 columns; token times space-separated in s)."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(REQUESTS_COLUMNS)
-    for r in records:
-        ttft, e2e = _ms(r.first_token_s, r.arrival_s), _ms(r.finish_s, r.arrival_s)
-        writer.writerow([
-            r.request_id, r.prompt_len, r.max_new_tokens, len(r.output_token_ids), _num(r.arrival_s),
-            _num(r.scheduled_s), _num(r.first_token_s), _num(r.finish_s), _num(ttft), _num(e2e), r.preemptions,
-            r.finish_reason or "", r.rejected_reason or "", " ".join(f"{t:.6f}" for t in r.token_times_s or ()),
-        ])
-    return out.getvalue()
-
-
-def _num(value: float | None) -> str:
-    return "" if value is None else f"{value:.6f}"

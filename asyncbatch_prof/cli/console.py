@@ -9,15 +9,15 @@ from rich.progress import BarColumn, Progress, ProgressColumn, SpinnerColumn, Te
 from rich.text import Text
 from rich.table import Table
 
-from asyncbatch_prof.analysis.contract import METRICS, lookup
+from asyncbatch_prof.analysis.contract import format_value, lookup
 
 SUMMARY_ROWS = (
     ("tokens_per_s", "output tokens/s"), ("requests_per_s", "requests/s"),
-    ("ttft_ms_p50", "TTFT p50 (ms)"), ("ttft_ms_p99", "TTFT p99 (ms)"),
-    ("itl_ms_p50", "ITL p50 (ms)"), ("itl_ms_p99", "ITL p99 (ms)"),
-    ("gpu_idle_pct", "GPU idle % (trace)"), ("host_bound_pct", "host-bound idle %"),
-    ("overlap_pct", "CPU/GPU overlap %"), ("sync_wait_pct", "sync wait %"),
-    ("nvml_util_pct", "NVML util % (a kernel ran)"), ("joules_per_token", "J/token"),
+    ("ttft_ms_p50", "TTFT p50"), ("ttft_ms_p99", "TTFT p99"),
+    ("itl_ms_p50", "ITL p50"), ("itl_ms_p99", "ITL p99"),
+    ("gpu_idle_pct", "GPU idle (trace)"), ("host_bound_pct", "host-bound idle"),
+    ("overlap_pct", "CPU/GPU overlap"), ("sync_wait_pct", "sync wait"),
+    ("nvml_util_pct", "NVML util (a kernel ran)"), ("joules_per_token", "energy per token"),
     ("clock_throttled", "clocks throttled"),
 )
 
@@ -66,14 +66,6 @@ class StepProgress:
         self.steps = step_index + 1
 
 
-def _fmt(metric: str, value: float | None) -> str:
-    if value is None:
-        return "—"
-    if METRICS[metric].unit == "bool":
-        return "yes" if value else "no"
-    return f"{value:,.1f}" if abs(value) >= 100 else f"{value:.3g}" if abs(value) < 1 else f"{value:.2f}"
-
-
 def summary_table(labels: Sequence[str], docs: Sequence[dict[str, Any]]) -> tuple[Table, list[str]]:
     """The summary table (one column per run) and the notes saying why a dash is a dash."""
     table = Table(title="abprof run summary", show_lines=False)
@@ -85,13 +77,13 @@ def summary_table(labels: Sequence[str], docs: Sequence[dict[str, Any]]) -> tupl
         cells = []
         for doc in docs:
             value, reason = lookup(doc, metric)
-            cells.append(_fmt(metric, value))
+            cells.append(format_value(metric, value))
             if value is None:
                 reasons.setdefault(reason, set()).add(metric)
         table.add_row(title, *cells)
     overheads = [doc.get("profiler_overhead") for doc in docs]
     if any(overheads):
-        table.add_row("tokens/s unprofiled", *[_fmt("tokens_per_s", o.get("unprofiled_tokens_per_s")) if o else "—"
+        table.add_row("tokens/s unprofiled", *[format_value("tokens_per_s", o.get("unprofiled_tokens_per_s")) if o else "—"
                                               for o in overheads])
         table.add_row("profiler overhead %", *[f"{o['overhead_pct']:.1f}" if o else "—" for o in overheads])
     notes = [f"— {', '.join(sorted(names))}: {reason}" for reason, names in reasons.items()]

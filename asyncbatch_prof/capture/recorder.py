@@ -1,0 +1,101 @@
+"""Record one workload on an engine under torch.profiler and NVML, and return it in memory.
+
+The engine is anything with the small protocol of INTERFACES §1: ``warmup(num_steps=)``,
+``generate(requests, on_step=)`` returning records, ``wall_s`` (s), ``output_tokens``, ``num_steps`` and
+``start_epoch_ns``, ``describe()``, and optionally ``device``, ``notes`` and ``thread_note(all_threads)``.
+The only file written here is the trace, by the profiler, through a temporary name and a rename.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from asyncbatch_prof.capture.environment import environment
+from asyncbatch_prof.capture.nvml import NvmlSampler, nvml_metrics
+from asyncbatch_prof.capture.profiler import ProfileWindow, StepProfiler, warm_up_profiler
+
+StepCallback = Callable[[int], None]
+
+
+@dataclass
+class RecordSettings:
+    """How to record: the profiled window, warm-ups, and what else to measure."""
+
+    window: ProfileWindow = field(default_factory=ProfileWindow)
+    engine_warmup_steps: int = 8
+    warmup_runs: int = 1  # unprofiled passes over the whole workload before measuring (JIT, graphs, allocator)
+    with_stack: bool = False
+    measure_overhead: bool = False
+    nvml: bool = True
+
+
+@dataclass
+class Capture:
+    """What one recorded run holds, in memory: the engine's result, the trace's path (None when the run
+    ended before the window), NVML samples and metrics, the environment, and the engine's description."""
+
+    result: Any
+    trace_path: Path | None
+    nvml_samples: list[tuple[float, str, float]]
+    nvml: tuple[dict, dict, dict]  # (metrics, absent, section) over the measured generate() call
+    nvml_status: dict[str, Any]
+    environment: dict[str, Any]
+    profiler: dict[str, Any]
+    model: dict[str, Any]
+    notes: list[str]
+    overhead: dict[str, Any] | None  # unprofiled tokens/s and wall s, when measured
+
+    def profiled_steps(self, window: ProfileWindow) -> list[int] | None:
+        """``[first, last]`` recorded engine steps of this run, None if the window was never reached."""
+        return window.profiled_steps(self.result.num_steps)
+
+
+def record(engine, requests: list, settings: RecordSettings, trace_path: Path,
+           on_step: StepCallback | None = None, phase: Callable[[str], None] = lambda _: None) -> Capture:
+    """Warm ``engine`` up, optionally run the workload unprofiled, then run it under the profiler and NVML.
+
+    ``trace_path`` receives the trace when the window was reached. The engine is not closed here."""
+    notes = list(getattr(engine, "notes", []))
+    phase("warming up")
+    engine.warmup(num_steps=settings.engine_warmup_steps)
+    for i in range(settings.warmup_runs):
+        phase(f"warm-up pass {i + 1}/{settings.warmup_runs} over the workload (unrecorded)")
+        engine.generate(requests, on_step=on_step)
+    overhead = None
+    if settings.measure_overhead:
+        phase("unprofiled run (profiler overhead)")
+        plain = engine.generate(requests, on_step=on_step)
+        overhead = {"unprofiled_tokens_per_s": round(plain.output_tokens / plain.wall_s, 3),
+                    "unprofiled_wall_s": round(plain.wall_s, 6)}
+    sampler = NvmlSampler() if settings.nvml else NvmlSampler(reason="NVML sampling turned off")
+    if settings.nvml:
+        sampler.start()
+    env = environment(driver=sampler.driver)
+    phase("profiled run")
+    cuda = str(getattr(engine, "device", "cpu")).startswith("cuda")
+    warm_up_profiler(cuda)
+    profiler = StepProfiler(trace_path, settings.window, with_stack=settings.with_stack, cuda=cuda)
+    try:
+        with profiler:
+            def step(i: int) -> None:
+                profiler.step(i)
+                if on_step is not None:
+                    on_step(i)
+
+            sampler.mark("generate_start")
+            result = engine.generate(requests, on_step=step)
+            sampler.mark("generate_end")
+        if hasattr(engine, "thread_note"):  # the engine runs its loop on a thread of its own
+            notes.append(engine.thread_note(profiler.all_threads))
+    finally:
+        sampler.stop()
+    start_us = sampler.marks["generate_start"]["epoch_us"]
+    end_us = sampler.marks["generate_end"]["epoch_us"]
+    return Capture(
+        result=result, trace_path=trace_path if profiler.trace_written else None,
+        nvml_samples=sampler.snapshot(), nvml=nvml_metrics(sampler, start_us, end_us, result.output_tokens),
+        nvml_status=sampler.status(), environment=env, profiler=profiler.describe(),
+        model=engine.describe(),  # engines that size themselves on the workload know more now
+        notes=notes, overhead=overhead)
