@@ -18,6 +18,7 @@ readers refuse anything else, so an interrupted run never passes for a finished 
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
@@ -87,12 +88,75 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 def load_metrics(path: Path) -> dict[str, Any]:
-    """Load metrics.json from a complete run folder, or from a metrics.json file given directly."""
+    """Load metrics.json from a complete run folder, or from a metrics.json file given directly.
+
+    Raises AbprofError (exit 2) for a document abprof cannot read as its metric contract: no
+    ``metrics``/``schema_version``, an unknown ``schema_version``, ``metrics`` or ``absent`` not objects,
+    or a contract metric whose value has the wrong type (see :func:`metrics_problems`). A metrics.json
+    inside an incomplete run folder is refused like the folder.
+    """
     path = Path(path)
     if path.is_dir():
         check_complete(path)
         path = path / METRICS_JSON
+    elif (path.parent / RUN_JSON).exists() or (path.parent / INCOMPLETE).exists():
+        check_complete(path.parent)
     doc = read_json(path)
     if "metrics" not in doc or "schema_version" not in doc:
         raise AbprofError(f"{path} is not an abprof metrics.json (no 'metrics' or 'schema_version')")
+    problems = metrics_problems(doc)
+    if problems:
+        raise MetricsDocError(f"{path}: {problems[0]}" + (f" (and {len(problems) - 1} more)" if problems[1:] else ""))
     return doc
+
+
+class MetricsDocError(AbprofError):
+    """A metrics.json whose structure or values break the contract (exit 2: bad input)."""
+
+
+def metrics_problems(doc: dict[str, Any]) -> list[str]:
+    """What makes ``doc`` unusable as contract evidence, one phrase each (empty: usable).
+
+    Values are never coerced: ``true`` is not 1, ``"true"`` is not a bool, NaN and infinity are not numbers.
+    """
+    from asyncbatch_prof.analysis.contract import METRICS, SCHEMA_VERSIONS
+
+    version = doc.get("schema_version")
+    if isinstance(version, bool) or version not in SCHEMA_VERSIONS:
+        known = ", ".join(map(str, SCHEMA_VERSIONS))
+        return [f"schema_version {version!r} is not one this abprof reads ({known})"]
+    metrics, absent = doc.get("metrics"), doc.get("absent", {})
+    problems = []
+    if not isinstance(metrics, dict):
+        problems.append(f"'metrics' must be an object, not {type(metrics).__name__}")
+        metrics = {}
+    if not isinstance(absent, dict):
+        problems.append(f"'absent' must be an object, not {type(absent).__name__}")
+    elif any(not isinstance(v, str) for v in absent.values()):
+        problems.append("'absent' must map metric names to reasons (strings)")
+    for name, value in metrics.items():
+        metric = METRICS.get(name)
+        if metric is not None and not _valid_value(value, metric.unit, metric.windowed):
+            problems.append(f"metric {name} has an invalid value {_short(value)} ({_expected(metric.unit)})")
+    return problems
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _valid_value(value: Any, unit: str, windowed: bool) -> bool:
+    if unit == "bool":
+        return isinstance(value, bool)
+    if windowed and isinstance(value, dict):
+        return bool(value) and all(k in ("step", "kernel") and (v is None or _is_number(v)) for k, v in value.items())
+    return _is_number(value)
+
+
+def _expected(unit: str) -> str:
+    return "expected true or false" if unit == "bool" else "expected a finite number"
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, allow_nan=True, default=str)
+    return text if len(text) <= 40 else text[:37] + "..."

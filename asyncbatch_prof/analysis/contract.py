@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 SCHEMA_VERSION = 1
+SCHEMA_VERSIONS = (1,)  # the versions this code reads; a document of another is refused
 WINDOWS = ("step", "kernel")
 
 
@@ -68,7 +69,10 @@ _METRICS = [
     _m("nvml_util_pct", "%", False, "higher", "NVML 'a kernel was running' share (not SM utilization)"),
     _m("sm_active_pct", "%", False, "higher", "GPM SM activity"),
     _m("joules_per_token", "J/tok", False, "lower", "GPU energy per output token"),
-    _m("clock_throttled", "bool", False, "lower", "the GPU's clocks were throttled during the run"),
+    _m("clock_throttled", "bool", False, "lower", "thermal or hardware clock slowdown during the run (NVML)"),
+    # clocks (issue 15 item 3): power capping is recorded, not treated as throttling; the gate compares SM clocks
+    _m("power_capped_pct", "%", False, "lower", "share of NVML clock-event samples with sw_power_cap set"),
+    _m("sm_clock_mhz_mean", "MHz", False, "higher", "mean SM clock over the measured window (NVML)"),
 ]
 
 METRICS: dict[str, Metric] = {m.name: m for m in _METRICS}

@@ -125,7 +125,7 @@ def _cpu_phases_frame(ev: TraceEvents, engine, phases: PhaseCache) -> pd.DataFra
 def analyze(path: str | Path, launch_latency_threshold_us: float = 30.0) -> TraceAnalysis:
     """Analyze a ``.json``/``.json.gz`` torch.profiler trace; the threshold separates launch latency from
     dependency gaps (µs). Raises TraceError (exit 2 in the CLI) for unreadable input."""
-    if not launch_latency_threshold_us >= 0:
-        raise TraceError(f"--threshold-us must be a non-negative number of µs, not {launch_latency_threshold_us}")
+    if not 0 <= launch_latency_threshold_us < float("inf"):  # NaN fails both comparisons
+        raise TraceError(f"--threshold-us must be a finite non-negative number of µs, not {launch_latency_threshold_us}")
     ev = load_trace(path)
     return TraceAnalysis(Path(path), ev, launch_latency_threshold_us)

@@ -8,7 +8,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from asyncbatch_prof.cli.errors import cli_errors, fail
+from asyncbatch_prof.cli.errors import cli_errors
+from asyncbatch_prof.errors import AbprofError
+from asyncbatch_prof.textsafe import markup_safe, printable
 
 _ROWS = (
     ("gpu_idle_pct", "GPU idle", "%"),
@@ -35,19 +37,45 @@ def analyze(
     ] = 30.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print metrics.json to stdout instead of the summary.")] = False,
 ) -> None:
-    """Why was the GPU idle? GPU idle share, gap classes, CPU/GPU overlap and per-step statistics of a trace."""
+    """Why was the GPU idle? GPU idle share, gap classes, CPU/GPU overlap and per-step statistics of a trace.
+
+    A trace inside a run folder is analyzed but its metrics.json is not replaced (the run's holds serving,
+    NVML and run sections): give --out DIR to write one elsewhere. A trace without GPU activity still
+    gets its CPU-side numbers, with the GPU metrics absent (exit 0).
+    """
     with cli_errors():
         from asyncbatch_prof.analysis import analyze as run_analysis
 
+        target = _target(trace, out)
         ta = run_analysis(trace, launch_latency_threshold_us=threshold_us)
-        target = (out if out is not None else trace.parent) / "metrics.json"
-        ta.write_metrics(target)
+        if target is not None:
+            ta.write_metrics(target)
         if as_json:
             typer.echo(json.dumps(ta.doc, indent=2))
         else:
             _print_summary(ta, target)
-    if not ta.has_gpu:
-        raise fail(f"no GPU activity in trace {trace} (CPU-side numbers written to {target})")
+        if not ta.has_gpu:
+            typer.echo(f"abprof: note: no GPU activity in {printable(trace)}: GPU metrics are absent", err=True)
+        if target is None:
+            typer.echo(f"abprof: note: {printable(trace.parent)} is a run folder: its metrics.json was left as it "
+                       "is (give --out DIR to write this analysis)", err=True)
+
+
+def _target(trace: Path, out: Path | None) -> Path | None:
+    """Where metrics.json goes (None: nowhere, the trace is a run's); refuses what must not be written."""
+    from asyncbatch_prof import runfolder
+
+    folder = trace.parent
+    in_run = (folder / runfolder.RUN_JSON).exists() or (folder / runfolder.INCOMPLETE).exists()
+    if in_run:
+        runfolder.check_complete(folder)  # a trace of an interrupted run is not evidence
+    if out is None:
+        return None if in_run else folder / "metrics.json"
+    if out.exists() and not out.is_dir():
+        raise AbprofError(f"--out must be a folder, and {out} is an existing file")
+    if (out / runfolder.RUN_JSON).exists() or (out / runfolder.INCOMPLETE).exists():
+        raise AbprofError(f"--out {out} is a run folder: abprof analyze never replaces a run's metrics.json")
+    return out / "metrics.json"
 
 
 def _fmt(value: float | None, unit: str) -> str:
@@ -56,7 +84,7 @@ def _fmt(value: float | None, unit: str) -> str:
     return f"{value / 1e3:,.3f} ms" if unit == "ms" else f"{value:.2f} %"
 
 
-def _print_summary(ta, target: Path) -> None:
+def _print_summary(ta, target: Path | None) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -65,10 +93,10 @@ def _print_summary(ta, target: Path) -> None:
     console = Console()
     doc = ta.doc
     engine = doc["trace"]["engine_thread"]
-    console.print(f"[bold]{ta.path}[/bold]")
+    console.print(f"[bold]{markup_safe(ta.path)}[/bold]")
     if engine:
         line = f"engine thread {engine['tid']} (chosen by {engine['chosen_by']})"
-        console.print(line + (f"; {engine['note']}" if engine.get("note") else ""))
+        console.print(markup_safe(line + (f"; {engine['note']}" if engine.get("note") else "")))
     if ta.has_gpu:
         table = Table(title=f"device {ta.device}", title_justify="left")
         table.add_column("metric")
@@ -79,11 +107,11 @@ def _print_summary(ta, target: Path) -> None:
             table.add_row(label, *cells)
         console.print(table)
         for why, names in _absent_by_reason(doc["absent"]).items():
-            console.print(f"absent ({why}): {', '.join(names)}", style="dim")
+            console.print(markup_safe(f"absent ({why}): {', '.join(names)}"), style="dim")
         if len(ta.phases):
             console.print(f"host-bound idle by CPU phase ({ta.window} window):")
             for row in ta.phases.head(8).itertuples():
-                console.print(f"  {row.host_bound_pct:6.2f} %  {row.phase[:100]}")
+                console.print(f"  {row.host_bound_pct:6.2f} %  {markup_safe(str(row.phase)[:100])}")
         steps = doc.get("steps", {})
         if steps.get("count"):
             console.print(f"{steps['count']} profiled steps: wall p50 {steps['wall_us_p50'] / 1e3:.3f} ms, "
@@ -95,7 +123,8 @@ def _print_summary(ta, target: Path) -> None:
                           f"{launches['queue_depth_p50']:.0f}")
     else:
         _print_host(console, doc.get("host"))
-    console.print(f"wrote {target}")
+    if target is not None:
+        console.print(f"wrote {markup_safe(target)}")
 
 
 def _absent_by_reason(absent: dict[str, str]) -> dict[str, list[str]]:
@@ -110,7 +139,7 @@ def _print_host(console, host: dict | None) -> None:
     if not host or not host.get("span"):
         console.print("no engine thread activity recorded")
         return
-    console.print(f"over {host['span']} ({host['span_us'] / 1e3:,.3f} ms): host work "
+    console.print(f"over {markup_safe(host['span'])} ({host['span_us'] / 1e3:,.3f} ms): host work "
                   f"{host['host_work_us'] / 1e3:,.3f} ms, blocked in sync calls {host['sync_wait_us'] / 1e3:,.3f} ms")
     if host.get("profiled_steps"):
         console.print(f"{host['profiled_steps']} profiled steps, CPU length p50 {host['step_cpu_us_p50'] / 1e3:.3f} ms")

@@ -52,6 +52,12 @@ def gate(
         "--require-baseline", help="Exit 3 when no baseline is given.")] = False,
     allow_throttled: Annotated[bool, typer.Option(
         "--allow-throttled", help="A run whose clocks throttled is a warning instead of invalid (exit 4).")] = False,
+    clock_warn_pct: Annotated[Optional[float], typer.Option(
+        help="Warn when head and baseline mean SM clocks differ by more than this (percent).",
+        show_default="3")] = None,
+    clock_invalid_pct: Annotated[Optional[float], typer.Option(
+        help="Invalid (exit 4) when head and baseline mean SM clocks differ by more than this (percent).",
+        show_default="10")] = None,
     json_out: Annotated[Optional[str], typer.Option(
         "--json", metavar="FILE", help="Write the result as JSON to FILE ('-': stdout; the table then goes to stderr).",
         show_default=False)] = None,
@@ -68,7 +74,8 @@ def gate(
     """Check runs against budgets and a baseline, for CI; the exit code is the verdict.
 
     Exit codes: [bold]0[/] pass (warnings allowed), [bold]1[/] regression, [bold]2[/] usage or config error,
-    [bold]3[/] baseline missing when required, [bold]4[/] invalid measurement (metric absent, clocks throttled).
+    [bold]3[/] baseline missing when required, [bold]4[/] invalid measurement (metric absent, clocks throttled or
+    different from the baseline's, incomplete run, metrics.json that breaks the contract).
 
     Idle shares compare in percentage points ([cyan]--max-increase-pp gpu_idle_pct=2[/]).
 
@@ -98,7 +105,11 @@ def gate(
             spec.alpha = alpha
         if min_samples is not None:
             spec.min_samples = min_samples
-        spec.require_baseline = spec.require_baseline or require_baseline
+        if require_baseline:
+            spec.require_baseline, spec.require_baseline_by = True, "--require-baseline"
+        for key, value in (("clock_warn_pct", clock_warn_pct), ("clock_invalid_pct", clock_invalid_pct)):
+            if value is not None:
+                setattr(spec, key, value)
         spec.allow_throttled = spec.allow_throttled or allow_throttled
         validate_settings(spec, "options")
         result = run_gate(runs, baseline or [], spec)
