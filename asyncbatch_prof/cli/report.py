@@ -16,6 +16,24 @@ PlotlyJs = Annotated[Optional[str], typer.Option(
     show_default=False)]
 
 
+def _printable(text) -> str:
+    from asyncbatch_prof.textsafe import printable
+
+    return printable(text)
+
+
+def check_html_out(path: Path, wanted: str) -> None:
+    """Refuse an --out that would replace anything but an HTML page (a run's run.json, a trace, a folder)."""
+    from asyncbatch_prof.errors import AbprofError
+
+    if path.is_dir():
+        raise AbprofError(f"--out {path} is an existing folder; give a {wanted}")
+    if path.exists() and path.suffix.lower() not in (".html", ".htm"):
+        raise AbprofError(f"--out {path} is an existing file that is not an HTML page; it is not replaced")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise AbprofError(f"--out {path}: {path.parent} is a file, not a folder")
+
+
 def report(
     run: Annotated[Path, typer.Argument(metavar="RUN", help="A complete run folder.", show_default=False)],
     *,
@@ -28,8 +46,10 @@ def report(
     with cli_errors():
         from asyncbatch_prof.report import write_report
 
+        if out is not None:
+            check_html_out(out, "FILE")
         path = write_report(run, out=out, plotly_src=plotly_js)
-    typer.echo(f"report: {path}")
+    typer.echo(f"report: {_printable(path)}")
 
 
 def _print_table(views, warning: str | None) -> None:
@@ -40,11 +60,15 @@ def _print_table(views, warning: str | None) -> None:
     from asyncbatch_prof.report.cards import format_value
     from asyncbatch_prof.report.compare import COMPARED, delta, run_names
 
+    from rich.text import Text
+
+    from asyncbatch_prof.textsafe import markup_safe, printable
+
     names = run_names(views)
-    table = Table(title=f"abprof compare (deltas against {names[0]})", title_justify="left")
+    table = Table(title=Text(printable(f"abprof compare (deltas against {names[0]})")), title_justify="left")
     table.add_column("metric")
     for name in names:
-        table.add_column(name, justify="right")
+        table.add_column(Text(printable(name)), justify="right")
     styles = {"better": "green", "worse": "red", "same": "dim"}
     for metric, label in COMPARED:
         base = lookup(views[0].doc, metric)[0]
@@ -63,7 +87,7 @@ def _print_table(views, warning: str | None) -> None:
         table.add_row(label, *cells)
     console = Console()
     if warning:
-        console.print(f"[yellow]warning:[/yellow] workloads differ (--force): {warning}", highlight=False)
+        console.print(f"[yellow]warning:[/yellow] workloads differ (--force): {markup_safe(warning)}", highlight=False)
     console.print(table)
 
 
@@ -82,9 +106,11 @@ def compare(
         from asyncbatch_prof import runfolder
         from asyncbatch_prof.report.compare import load_comparison, render_comparison
 
-        views, warning = load_comparison(runs, force)
         target = out if out is not None else Path(runs[0]).resolve().parent
         path = target if target.suffix == ".html" else target / "compare.html"
+        if out is not None:
+            check_html_out(path, "DIR or FILE.html")
+        views, warning = load_comparison(runs, force)
         _print_table(views, warning)
         runfolder.atomic_write_text(path, render_comparison(views, warning, plotly_js))
-    typer.echo(f"comparison: {path}")
+    typer.echo(f"comparison: {_printable(path)}")
