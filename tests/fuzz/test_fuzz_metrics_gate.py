@@ -11,7 +11,7 @@ import copy
 import json
 import math
 
-from conftest import DATA, EXIT_CODES, assert_no_traceback, examples, invoke, scratch
+from fuzzing import DATA, EXIT_CODES, assert_no_traceback, examples, invoke, scratch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

@@ -14,7 +14,7 @@ import sys
 from functools import lru_cache
 from pathlib import Path
 
-from conftest import assert_no_traceback, examples, invoke, scratch
+from fuzzing import assert_no_traceback, examples, invoke, scratch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

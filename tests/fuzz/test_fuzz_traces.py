@@ -17,7 +17,7 @@ import json
 from functools import lru_cache
 
 import pytest
-from conftest import DATA, assert_no_traceback, examples, invoke, scratch
+from fuzzing import DATA, assert_no_traceback, examples, invoke, scratch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 

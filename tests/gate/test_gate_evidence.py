@@ -8,10 +8,15 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import metrics_doc
 
 from asyncbatch_prof.gate import GateSpec, run_gate
 from asyncbatch_prof.gate.outputs import print_table
+
+
+@pytest.fixture
+def metrics_doc(metrics_file):
+    """``metrics_doc(**kw)``: the gate conftest's metrics.json document, as a dict to damage."""
+    return lambda **kw: json.loads(metrics_file(**kw).read_text())
 
 
 def _write(path, doc):
@@ -45,7 +50,7 @@ BAD_VALUES = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_VALUES))
-def test_wrongly_typed_metric_is_invalid_evidence(gate_cli, tmp_path, case):
+def test_wrongly_typed_metric_is_invalid_evidence(gate_cli, tmp_path, case, metrics_doc):
     name, value = BAD_VALUES[case]
     doc = metrics_doc()
     doc["metrics"][name] = value
@@ -59,7 +64,7 @@ def test_wrongly_typed_metric_is_invalid_evidence(gate_cli, tmp_path, case):
 
 
 @pytest.mark.parametrize("as_baseline", [False, True])
-def test_bad_baseline_is_invalid_even_with_absolute_budgets_only(gate_cli, tmp_path, as_baseline):
+def test_bad_baseline_is_invalid_even_with_absolute_budgets_only(gate_cli, tmp_path, as_baseline, metrics_doc):
     bad = metrics_doc()
     bad["metrics"]["clock_throttled"] = "false"
     good, broken = _write(tmp_path / "good.json", metrics_doc()), _write(tmp_path / "bad.json", bad)
@@ -70,7 +75,7 @@ def test_bad_baseline_is_invalid_even_with_absolute_budgets_only(gate_cli, tmp_p
 
 @pytest.mark.parametrize("field, value", [("metrics", [1, 2]), ("metrics", "x"), ("absent", ["x"]),
                                           ("absent", {"gpu_idle_pct": 3})])
-def test_metrics_or_absent_not_objects_is_invalid(gate_cli, tmp_path, field, value):
+def test_metrics_or_absent_not_objects_is_invalid(gate_cli, tmp_path, field, value, metrics_doc):
     doc = metrics_doc()
     doc[field] = value
     r = gate_cli(_write(tmp_path / "m.json", doc), "--max", "gpu_idle_pct=50")
@@ -80,14 +85,14 @@ def test_metrics_or_absent_not_objects_is_invalid(gate_cli, tmp_path, field, val
 # --- item 4: schema_version ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("version", [99, "abc", "1", True, None, 0, 1.5])
-def test_unknown_schema_version_is_invalid(gate_cli, tmp_path, version):
+def test_unknown_schema_version_is_invalid(gate_cli, tmp_path, version, metrics_doc):
     doc = metrics_doc()
     doc["schema_version"] = version
     r = gate_cli(_write(tmp_path / "m.json", doc), "--max", "gpu_idle_pct=50")
     assert r.exit_code == 4 and "schema_version" in r.output, r.output
 
 
-def test_head_and_baseline_of_different_schema_versions_are_invalid(gate_cli, tmp_path):
+def test_head_and_baseline_of_different_schema_versions_are_invalid(gate_cli, tmp_path, metrics_doc):
     newer = metrics_doc()
     newer["schema_version"] = 2
     r = gate_cli(_write(tmp_path / "h.json", metrics_doc()), "-b", _write(tmp_path / "b.json", newer))
@@ -226,7 +231,7 @@ def test_table_at_80_columns_keeps_names_whole(tmp_path, run_dir):
         assert name in text, (name, text)
 
 
-def test_notes_and_paths_with_markup_print_literally(tmp_path):
+def test_notes_and_paths_with_markup_print_literally(tmp_path, metrics_doc):
     from io import StringIO
 
     from rich.console import Console
