@@ -99,17 +99,13 @@ def gate(
         path = config if config is not None else (None if no_config else find_config(Path.cwd()))
         spec = load_config(path) if path is not None else GateSpec()
         spec = merge(spec, option_checks)
-        if aggregate is not None:
-            spec.aggregate = aggregate
-        if alpha is not None:
-            spec.alpha = alpha
-        if min_samples is not None:
-            spec.min_samples = min_samples
-        if require_baseline:
-            spec.require_baseline, spec.require_baseline_by = True, "--require-baseline"
-        for key, value in (("clock_warn_pct", clock_warn_pct), ("clock_invalid_pct", clock_invalid_pct)):
+        settings = {"aggregate": aggregate, "alpha": alpha, "min_samples": min_samples,
+                    "clock_warn_pct": clock_warn_pct, "clock_invalid_pct": clock_invalid_pct}
+        for key, value in settings.items():  # an option given overrides the config file's setting
             if value is not None:
                 setattr(spec, key, value)
+        if require_baseline:
+            spec.require_baseline, spec.require_baseline_by = True, "--require-baseline"
         spec.allow_throttled = spec.allow_throttled or allow_throttled
         validate_settings(spec, "options")
         result = run_gate(runs, baseline or [], spec)
