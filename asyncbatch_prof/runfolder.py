@@ -120,14 +120,27 @@ def read_json(path: Path) -> dict[str, Any]:
 
 
 def load_metrics(path: Path) -> dict[str, Any]:
-    """Load metrics.json from a complete run folder, or from a metrics.json file given directly."""
+    """Load metrics.json from a complete run folder, or from a metrics.json file given directly.
+
+    Raises AbprofError (exit 2) for a document abprof cannot read as its metric contract: no
+    ``metrics``/``schema_version``, an unknown ``schema_version``, ``metrics`` or ``absent`` not objects,
+    or a contract metric whose value has the wrong type (see :func:`metrics_problems`). A metrics.json
+    inside an incomplete run folder is refused like the folder.
+    """
     path = Path(path)
     if path.is_dir():
         check_complete(path)
         path = path / METRICS_JSON
+    elif (path.parent / RUN_JSON).exists() or (path.parent / INCOMPLETE).exists():
+        check_complete(path.parent)
     doc = read_json(path)
     if "metrics" not in doc or "schema_version" not in doc:
         raise AbprofError(f"{path} is not an abprof metrics.json (no 'metrics' or 'schema_version')")
+    from asyncbatch_prof.analysis.contract import metrics_problems
+
+    problems = metrics_problems(doc)
+    if problems:
+        raise MetricsDocError(f"{path}: {problems[0]}" + (f" (and {len(problems) - 1} more)" if problems[1:] else ""))
     return doc
 
 
@@ -152,3 +165,7 @@ def _ms(later: float | None, earlier: float | None) -> float | None:
 
 def _num(value: float | None) -> str:
     return "" if value is None else f"{value:.6f}"
+
+
+class MetricsDocError(AbprofError):
+    """A metrics.json whose structure or values break the contract (exit 2: bad input)."""

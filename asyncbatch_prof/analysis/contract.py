@@ -21,10 +21,13 @@ in ``absent`` with the reason, never 0.
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
 SCHEMA_VERSION = 1
+SCHEMA_VERSIONS = (1,)  # the versions this code reads; a document of another is refused
 WINDOWS = ("step", "kernel")
 
 
@@ -68,7 +71,10 @@ _METRICS = [
     _m("nvml_util_pct", "%", False, "higher", "NVML 'a kernel was running' share (not SM utilization)"),
     _m("sm_active_pct", "%", False, "higher", "GPM SM activity"),
     _m("joules_per_token", "J/tok", False, "lower", "GPU energy per output token"),
-    _m("clock_throttled", "bool", False, "lower", "the GPU's clocks were throttled during the run"),
+    _m("clock_throttled", "bool", False, "lower", "thermal or hardware clock slowdown during the run (NVML)"),
+    # clocks (issue 15 item 3): power capping is recorded, not treated as throttling; the gate compares SM clocks
+    _m("power_capped_pct", "%", False, "lower", "share of NVML clock-event samples with sw_power_cap set"),
+    _m("sm_clock_mhz_mean", "MHz", False, "higher", "mean SM clock over the measured window (NVML)"),
     # trace integrity (issue 15): whether the trace holds the GPU side of every launch
     _m("trace_complete", "bool", False, "higher", "every launch and GPU record accounted for (trace_integrity ok)"),
     _m("missing_gpu_records_pct", "%", False, "lower", "share of kernel/graph launches with GPU records missing"),
@@ -151,3 +157,49 @@ def format_value(qualified: str, value: float | None) -> str:
     if unit == "count":
         return f"{value:.0f}"
     return f"{value:g} {unit}"
+
+
+def metrics_problems(doc: dict[str, Any]) -> list[str]:
+    """What makes ``doc`` unusable as contract evidence, one phrase each (empty: usable).
+
+    Values are never coerced: ``true`` is not 1, ``"true"`` is not a bool, NaN and infinity are not numbers.
+    """
+    version = doc.get("schema_version")
+    if isinstance(version, bool) or version not in SCHEMA_VERSIONS:
+        known = ", ".join(map(str, SCHEMA_VERSIONS))
+        return [f"schema_version {version!r} is not one this abprof reads ({known})"]
+    metrics, absent = doc.get("metrics"), doc.get("absent", {})
+    problems = []
+    if not isinstance(metrics, dict):
+        problems.append(f"'metrics' must be an object, not {type(metrics).__name__}")
+        metrics = {}
+    if not isinstance(absent, dict):
+        problems.append(f"'absent' must be an object, not {type(absent).__name__}")
+    elif any(not isinstance(v, str) for v in absent.values()):
+        problems.append("'absent' must map metric names to reasons (strings)")
+    for name, value in metrics.items():
+        metric = METRICS.get(name)
+        if metric is not None and not _valid_value(value, metric.unit, metric.windowed):
+            problems.append(f"metric {name} has an invalid value {_short(value)} ({_expected(metric.unit)})")
+    return problems
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _valid_value(value: Any, unit: str, windowed: bool) -> bool:
+    if unit == "bool":
+        return isinstance(value, bool)
+    if windowed and isinstance(value, dict):
+        return bool(value) and all(k in ("step", "kernel") and (v is None or _is_number(v)) for k, v in value.items())
+    return _is_number(value)
+
+
+def _expected(unit: str) -> str:
+    return "expected true or false" if unit == "bool" else "expected a finite number"
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, allow_nan=True, default=str)
+    return text if len(text) <= 40 else text[:37] + "..."

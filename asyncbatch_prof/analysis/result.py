@@ -154,8 +154,34 @@ def analyze(path: str | Path, launch_latency_threshold_us: float = 30.0,
     know; ``max_trace_bytes`` caps the decompressed bytes read (loader.load_trace). ``tool_version`` goes
     into the document's ``tool`` (the caller knows it; the analysis does not import the package above it).
     Raises TraceError (exit 2 in the CLI) for unreadable input."""
-    if not launch_latency_threshold_us >= 0:
-        raise TraceError(f"the launch-latency threshold must be a non-negative number of µs, "
+    if not 0 <= launch_latency_threshold_us < float("inf"):  # NaN fails both comparisons
+        raise TraceError(f"the launch-latency threshold must be a finite non-negative number of µs, "
                          f"not {launch_latency_threshold_us}")
     ev = load_trace(path, max_trace_bytes)
-    return TraceAnalysis(Path(path), ev, launch_latency_threshold_us, steps_config, tool_version)
+    analysis = TraceAnalysis(Path(path), ev, launch_latency_threshold_us, steps_config, tool_version)
+    _check_finite(analysis.doc, path)
+    return analysis
+
+
+def _check_finite(doc: dict[str, Any], path: str | Path) -> None:
+    """Timestamps near the float limit (ts 1e308) overflow to inf in the window arithmetic: refuse the trace
+    rather than write a metrics.json that no JSON reader accepts or a gate that compares infinities."""
+    where = _non_finite(doc, "")
+    if where is not None:
+        raise TraceError(f"{path}: timestamps or durations out of range ({where} is not a finite number)")
+
+
+def _non_finite(value: Any, where: str) -> str | None:
+    if isinstance(value, float):
+        return None if np.isfinite(value) else where
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = _non_finite(item, f"{where}.{key}" if where else str(key))
+        if found is not None:
+            return found
+    return None

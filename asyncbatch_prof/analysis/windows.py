@@ -71,6 +71,8 @@ def window_metrics(name: str, lo: float, hi: float, ops: DeviceOps, launches: La
     m["gpu_busy_us"] = busy
     m["gpu_idle_pct"] = 100.0 * idle / window
     _gap_classes(res, ops, launches, phases, threshold_us, idle)
+    if not (ops.launch >= 0).any():
+        _no_launch_records(res)
     _host_metrics(res, ops, engine)
     _stream_metrics(res, ops)
     return res
@@ -110,6 +112,15 @@ def _gap_classes(res: WindowResult, ops: DeviceOps, launches: Launches, phases: 
         res.phases["no launch recorded"] = float(dur[rest].sum())
         res.gap_phase[rest] = "no launch recorded"
     assert abs(sum(res.phases.values()) - sums[HOST_BOUND]) <= _TOLERANCE * window + 1e-9
+
+
+def _no_launch_records(res: WindowResult) -> None:
+    """Without one launch record the gap classes are guesses (every op "already launched"): absent, not 0."""
+    reason = ("no launch records (cudaLaunchKernel, cuLaunchKernel, graph launches) for this device's ops: "
+              "host-bound idle cannot be told from launch latency and dependency")
+    for name in ("host_bound_pct", "launch_latency_pct", "dependency_pct"):
+        res.metrics.pop(name, None)
+        res.absent[name] = reason
 
 
 def _host_metrics(res: WindowResult, ops: DeviceOps, engine: EngineThread | None) -> None:

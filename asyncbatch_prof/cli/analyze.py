@@ -8,7 +8,9 @@ from typing import Annotated, Optional
 
 import typer
 
-from asyncbatch_prof.cli.errors import cli_errors, fail
+from asyncbatch_prof.cli.errors import cli_errors
+from asyncbatch_prof.errors import AbprofError
+from asyncbatch_prof.textsafe import markup_safe, printable
 
 # Labels of the trace metrics (contract.TRACE_METRICS, in its order); the idle classes indented under idle.
 _LABELS = {"gpu_idle_pct": "GPU idle", "host_bound_pct": "  host-bound", "launch_latency_pct": "  launch latency",
@@ -49,7 +51,12 @@ def analyze(
 ) -> None:
     """Why was the GPU idle? GPU idle share, gap classes, CPU/GPU overlap and per-step statistics of a trace;
     for a rank set (a folder of per-rank traces, a TP run folder, a trace with several devices) also per-rank
-    figures, communication, collective wait vs transfer and the straggler."""
+    figures, communication, collective wait vs transfer and the straggler.
+
+    A trace inside a run folder is analyzed but its metrics.json is not replaced (the run's holds serving,
+    NVML and run sections): give --out DIR to write one elsewhere. A trace without GPU activity still
+    gets its CPU-side numbers, with the GPU metrics absent (exit 0).
+    """
     with cli_errors():
         from asyncbatch_prof import __version__
         from asyncbatch_prof.analysis import analyze as run_analysis
@@ -62,32 +69,54 @@ def analyze(
         if trace.is_dir():
             source = find_rank_traces(trace)
             if source.kind != "run":
-                return _analyze_rank_set(trace, out if out is not None else trace, threshold_us, jobs, as_json)
-            out, trace = out if out is not None else trace, source.files[0]
+                return _analyze_rank_set(trace, out, threshold_us, jobs, as_json)
+            trace = source.files[0]
         if steps_config is None:
             steps_config = find_steps_config(Path.cwd())
         config = load_steps_config(steps_config) if steps_config is not None else None
         cap = None if max_trace_bytes is None else parse_size(max_trace_bytes, "--max-trace-bytes")
+        target = _target(trace, out)
         ta = run_analysis(trace, launch_latency_threshold_us=threshold_us, steps_config=config, max_trace_bytes=cap,
                           tool_version=__version__)
-        target = (out if out is not None else trace.parent) / "metrics.json"
         if len(ta.devices) > 1:
             from asyncbatch_prof.analysis.rankset import analyze_rank_set
             from asyncbatch_prof.cli.ranks import write_rank_set
 
             rank_set = analyze_rank_set(trace, threshold_us, tool_version=__version__)
-            write_rank_set(rank_set, target.parent, base_doc=ta.doc)
-        else:
+            if target is not None:
+                write_rank_set(rank_set, target.parent, base_doc=ta.doc)
+        elif target is not None:
             atomic_write_json(target, ta.doc)
         if as_json:
-            typer.echo(json.dumps(ta.doc if rank_set is None else json.loads(target.read_text()), indent=2))
+            typer.echo(json.dumps(ta.doc if rank_set is None or target is None else json.loads(target.read_text()),
+                                  indent=2))
             warning = integrity_warning(ta.doc)
             if warning:
                 typer.echo(warning, err=True)
         else:
             _print_summary(ta, target, rank_set)
-    if not ta.has_gpu:
-        raise fail(f"no GPU activity in trace {trace} (CPU-side numbers written to {target})")
+        if not ta.has_gpu:
+            typer.echo(f"abprof: note: no GPU activity in {printable(trace)}: GPU metrics are absent", err=True)
+        if target is None:
+            typer.echo(f"abprof: note: {printable(trace.parent)} is a run folder: its metrics.json was left as it "
+                       "is (give --out DIR to write this analysis)", err=True)
+
+
+def _target(trace: Path, out: Path | None) -> Path | None:
+    """Where metrics.json goes (None: nowhere, the trace is a run's); refuses what must not be written."""
+    from asyncbatch_prof import runfolder
+
+    folder = trace.parent
+    in_run = (folder / runfolder.RUN_JSON).exists() or (folder / runfolder.INCOMPLETE).exists()
+    if in_run:
+        runfolder.check_complete(folder)  # a trace of an interrupted run is not evidence
+    if out is None:
+        return None if in_run else folder / "metrics.json"
+    if out.exists() and not out.is_dir():
+        raise AbprofError(f"--out must be a folder, and {out} is an existing file")
+    if (out / runfolder.RUN_JSON).exists() or (out / runfolder.INCOMPLETE).exists():
+        raise AbprofError(f"--out {out} is a run folder: abprof analyze never replaces a run's metrics.json")
+    return out / "metrics.json"
 
 
 def integrity_warning(doc: dict) -> str | None:
@@ -101,26 +130,35 @@ def integrity_warning(doc: dict) -> str | None:
             f"evidence: {reasons[0]}{more}")
 
 
-def _analyze_rank_set(path: Path, out: Path, threshold_us: float, jobs: int | None, as_json: bool) -> None:
+def _analyze_rank_set(path: Path, out: Path | None, threshold_us: float, jobs: int | None, as_json: bool) -> None:
+    """A folder of per-rank traces or a TP run folder; a run folder's own metrics.json is never replaced."""
     from rich.console import Console
 
+    from asyncbatch_prof import __version__, runfolder
     from asyncbatch_prof.analysis.rankset import analyze_rank_set
     from asyncbatch_prof.cli.ranks import print_rank_set, write_rank_set
 
-    from asyncbatch_prof import __version__
-
+    in_run = (path / runfolder.RUN_JSON).exists()
+    if out is not None and ((out / runfolder.RUN_JSON).exists() or (out / runfolder.INCOMPLETE).exists()):
+        raise AbprofError(f"--out {out} is a run folder: abprof analyze never replaces a run's metrics.json")
+    out = out if out is not None else (None if in_run else path)
     rs = analyze_rank_set(path, threshold_us, jobs, tool_version=__version__)
-    target = write_rank_set(rs, out)
+    target = write_rank_set(rs, out) if out is not None else None
     if as_json:
         typer.echo(json.dumps(rs.doc, indent=2))
-        return
-    console = Console()
-    console.print(f"[bold]{path}[/bold]")
-    print_rank_set(console, rs.doc)
-    console.print(f"wrote {target} and {len(rs.ranks)} per-rank metrics.json under {out / 'ranks'}")
+    else:
+        console = Console()
+        console.print(f"[bold]{markup_safe(path)}[/bold]")
+        print_rank_set(console, rs.doc)
+        if target is not None:
+            console.print(f"wrote {markup_safe(target)} and {len(rs.ranks)} per-rank metrics.json under "
+                          f"{markup_safe(out / 'ranks')}")
+    if target is None:
+        typer.echo(f"abprof: note: {printable(path)} is a run folder: its metrics.json was left as it is (give "
+                   "--out DIR to write this analysis)", err=True)
 
 
-def _print_summary(ta, target: Path, rank_set=None) -> None:
+def _print_summary(ta, target: Path | None, rank_set=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
@@ -133,12 +171,12 @@ def _print_summary(ta, target: Path, rank_set=None) -> None:
     if line:
         console.print(f"[bold]{line}[/bold]", highlight=False)
     engine = doc["trace"]["engine_thread"]
-    console.print(f"[bold]{ta.path}[/bold]")
+    console.print(f"[bold]{markup_safe(ta.path)}[/bold]")
     steps = doc.get("steps", {})
-    console.print(f"steps from: {steps.get('source_detail')}", highlight=False)
+    console.print(markup_safe(f"steps from: {steps.get('source_detail')}"), highlight=False)
     if engine and len(ta.devices) <= 1:
         line = f"engine thread {engine['tid']} (chosen by {engine['chosen_by']})"
-        console.print(line + (f"; {engine['note']}" if engine.get("note") else ""))
+        console.print(markup_safe(line + (f"; {engine['note']}" if engine.get("note") else "")))
     warning = integrity_warning(doc)
     if warning:
         console.print(warning, style="bold yellow", markup=False, highlight=False, soft_wrap=True)
@@ -164,11 +202,11 @@ def _print_summary(ta, target: Path, rank_set=None) -> None:
         print_rank_set(console, rank_set.doc)
     if ta.has_gpu:
         for why, names in _absent_by_reason(doc["absent"]).items():
-            console.print(f"absent ({why}): {', '.join(names)}", style="dim")
+            console.print(markup_safe(f"absent ({why}): {', '.join(names)}"), style="dim")
         if len(ta.phases):
             console.print(f"host-bound idle by CPU phase ({ta.window} window):")
             for row in ta.phases.head(8).itertuples():
-                console.print(f"  {row.host_bound_pct:6.2f} %  {row.phase[:100]}")
+                console.print(f"  {row.host_bound_pct:6.2f} %  {markup_safe(str(row.phase)[:100])}")
         steps = doc.get("steps", {})
         if steps.get("count"):
             console.print(f"{steps['count']} profiled steps: wall p50 {steps['wall_us_p50'] / 1e3:.3f} ms, "
@@ -180,7 +218,8 @@ def _print_summary(ta, target: Path, rank_set=None) -> None:
                           f"{launches['queue_depth_p50']:.0f}")
     else:
         _print_host(console, doc.get("host"))
-    console.print(f"wrote {target}")
+    if target is not None:
+        console.print(f"wrote {markup_safe(target)}")
 
 
 def _absent_by_reason(absent: dict[str, str]) -> dict[str, list[str]]:
@@ -195,7 +234,7 @@ def _print_host(console, host: dict | None) -> None:
     if not host or not host.get("span"):
         console.print("no engine thread activity recorded")
         return
-    console.print(f"over {host['span']} ({host['span_us'] / 1e3:,.3f} ms): host work "
+    console.print(f"over {markup_safe(host['span'])} ({host['span_us'] / 1e3:,.3f} ms): host work "
                   f"{host['host_work_us'] / 1e3:,.3f} ms, blocked in sync calls {host['sync_wait_us'] / 1e3:,.3f} ms")
     if host.get("profiled_steps"):
         console.print(f"{host['profiled_steps']} profiled steps, CPU length p50 {host['step_cpu_us_p50'] / 1e3:.3f} ms")

@@ -55,6 +55,12 @@ def gate(
     allow_incomplete: Annotated[bool, typer.Option(
         "--allow-incomplete", help="A run whose trace is incomplete (metrics.json trace_integrity) is a warning "
         "instead of invalid (exit 4) for the metrics taken from the trace.")] = False,
+    clock_warn_pct: Annotated[Optional[float], typer.Option(
+        help="Warn when head and baseline mean SM clocks differ by more than this (percent).",
+        show_default="3")] = None,
+    clock_invalid_pct: Annotated[Optional[float], typer.Option(
+        help="Invalid (exit 4) when head and baseline mean SM clocks differ by more than this (percent).",
+        show_default="10")] = None,
     json_out: Annotated[Optional[str], typer.Option(
         "--json", metavar="FILE", help="Write the result as JSON to FILE ('-': stdout; the table then goes to stderr).",
         show_default=False)] = None,
@@ -71,8 +77,8 @@ def gate(
     """Check runs against budgets and a baseline, for CI; the exit code is the verdict.
 
     Exit codes: [bold]0[/] pass (warnings allowed), [bold]1[/] regression, [bold]2[/] usage or config error,
-    [bold]3[/] baseline missing when required, [bold]4[/] invalid measurement (metric absent, clocks throttled,
-    trace incomplete).
+    [bold]3[/] baseline missing when required, [bold]4[/] invalid measurement (metric absent, clocks throttled or
+    different from the baseline's, trace or run incomplete, metrics.json that breaks the contract).
 
     Idle shares compare in percentage points ([cyan]--max-increase-pp gpu_idle_pct=2[/]).
 
@@ -96,13 +102,13 @@ def gate(
         path = config if config is not None else (None if no_config else find_config(Path.cwd()))
         spec = load_config(path) if path is not None else GateSpec()
         spec = merge(spec, option_checks)
-        if aggregate is not None:
-            spec.aggregate = aggregate
-        if alpha is not None:
-            spec.alpha = alpha
-        if min_samples is not None:
-            spec.min_samples = min_samples
-        spec.require_baseline = spec.require_baseline or require_baseline
+        settings = {"aggregate": aggregate, "alpha": alpha, "min_samples": min_samples,
+                    "clock_warn_pct": clock_warn_pct, "clock_invalid_pct": clock_invalid_pct}
+        for key, value in settings.items():  # an option given overrides the config file's setting
+            if value is not None:
+                setattr(spec, key, value)
+        if require_baseline:
+            spec.require_baseline, spec.require_baseline_by = True, "--require-baseline"
         spec.allow_throttled = spec.allow_throttled or allow_throttled
         spec.allow_incomplete = spec.allow_incomplete or allow_incomplete
         validate_settings(spec, "options")

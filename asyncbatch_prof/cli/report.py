@@ -17,6 +17,24 @@ PlotlyJs = Annotated[Optional[str], typer.Option(
     show_default=False)]
 
 
+def _printable(text) -> str:
+    from asyncbatch_prof.textsafe import printable
+
+    return printable(text)
+
+
+def check_html_out(path: Path, wanted: str) -> None:
+    """Refuse an --out that would replace anything but an HTML page (a run's run.json, a trace, a folder)."""
+    from asyncbatch_prof.errors import AbprofError
+
+    if path.is_dir():
+        raise AbprofError(f"--out {path} is an existing folder; give a {wanted}")
+    if path.exists() and path.suffix.lower() not in (".html", ".htm"):
+        raise AbprofError(f"--out {path} is an existing file that is not an HTML page; it is not replaced")
+    if path.parent.exists() and not path.parent.is_dir():
+        raise AbprofError(f"--out {path}: {path.parent} is a file, not a folder")
+
+
 def report(
     run: Annotated[Path, typer.Argument(metavar="RUN", help="A complete run folder.", show_default=False)],
     *,
@@ -31,11 +49,13 @@ def report(
 
         from asyncbatch_prof.report.page import provide_plotly_js
 
+        if out is not None:
+            check_html_out(out, "FILE")
         path = write_report(run, out=out, plotly_src=plotly_js)
         note = provide_plotly_js(path, plotly_js)
     if note:
-        typer.echo(note)
-    typer.echo(f"report: {path}")
+        typer.echo(_printable(note))
+    typer.echo(f"report: {_printable(path)}")
 
 
 def _print_table(views, warning: str | None, exs) -> None:
@@ -46,11 +66,15 @@ def _print_table(views, warning: str | None, exs) -> None:
     from asyncbatch_prof.analysis.contract import format_value
     from asyncbatch_prof.report.compare import COMPARED, delta, is_slower, run_names
 
+    from rich.text import Text
+
+    from asyncbatch_prof.textsafe import markup_safe, printable
+
     names = run_names(views)
-    table = Table(title=f"abprof compare (deltas against {names[0]})", title_justify="left")
+    table = Table(title=Text(printable(f"abprof compare (deltas against {names[0]})")), title_justify="left")
     table.add_column("metric")
     for name in names:
-        table.add_column(name, justify="right")
+        table.add_column(Text(printable(name)), justify="right")
     styles = {"better": "green", "worse": "red", "same": "dim", "neutral": "yellow"}
     for metric, label in COMPARED:
         base = lookup(views[0].doc, metric)[0]
@@ -69,13 +93,13 @@ def _print_table(views, warning: str | None, exs) -> None:
         table.add_row(label, *cells)
     console = Console()
     if warning:
-        console.print(f"[yellow]warning:[/yellow] workloads differ (--force): {warning}", highlight=False)
+        console.print(f"[yellow]warning:[/yellow] workloads differ (--force): {markup_safe(warning)}", highlight=False)
     for ex in exs:
-        console.print(f"[bold]{ex['verdict']}[/bold]", highlight=False)
+        console.print(Text(printable(ex["verdict"]), style="bold"))
         if "unit_reason" in ex:
-            console.print(f"  (per {ex['unit']}: {ex['unit_reason']})", style="dim", highlight=False)
+            console.print(Text(printable(f"  (per {ex['unit']}: {ex['unit_reason']})"), style="dim"))
         if ex.get("hardware_line"):
-            console.print(f"  {ex['hardware_line']} (sampled over the whole run)", style="dim", highlight=False)
+            console.print(Text(printable(f"  {ex['hardware_line']} (sampled over the whole run)"), style="dim"))
     console.print(table)
 
 
@@ -99,9 +123,11 @@ def compare(
         from asyncbatch_prof import runfolder
         from asyncbatch_prof.report.compare import comparison_json, explanations, load_comparison, render_comparison
 
-        views, warning = load_comparison(runs, force)
         target = out if out is not None else Path(runs[0]).resolve().parent
         path = target if target.suffix == ".html" else target / "compare.html"
+        if out is not None:
+            check_html_out(path, "DIR or FILE.html")
+        views, warning = load_comparison(runs, force)
         if as_json:
             typer.echo(json.dumps(comparison_json(views, warning), indent=2))
         else:
@@ -111,5 +137,5 @@ def compare(
         runfolder.atomic_write_text(path, render_comparison(views, warning, plotly_js))
         note = provide_plotly_js(path, plotly_js)
     if note:
-        typer.echo(note, err=as_json)
-    typer.echo(f"comparison: {path}", err=as_json)
+        typer.echo(_printable(note), err=as_json)
+    typer.echo(f"comparison: {_printable(path)}", err=as_json)

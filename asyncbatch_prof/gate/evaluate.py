@@ -11,8 +11,10 @@ exit  verdict      when
 4     invalid      a checked metric is absent from a head or baseline run, a run's clocks
                    throttled (``clock_throttled`` true; ``--allow-throttled`` makes it a warning),
                    a metric taken from the trace of a run whose trace is incomplete
-                   (``trace_integrity``; ``--allow-incomplete`` makes it a warning),
-                   a run folder is incomplete, or a relative change has a zero baseline
+                   (``trace_integrity``; ``--allow-incomplete`` makes it a warning), head and
+                   baseline SM clocks differ by more than ``clock_invalid_pct``, a run folder is
+                   incomplete, a metrics.json breaks the contract (unknown ``schema_version``, a
+                   value of the wrong type), or a relative change has a zero baseline
 1     regression   an error-level check failed
 0     pass         everything else; warn-level failures are reported but do not fail
 ====  ===========  ==========================================================================
@@ -29,7 +31,7 @@ from typing import Any, Sequence
 
 from asyncbatch_prof.analysis.contract import METRICS, lookup
 from asyncbatch_prof.errors import AbprofError
-from asyncbatch_prof.runfolder import INCOMPLETE, RUN_JSON, load_metrics, read_json
+from asyncbatch_prof.runfolder import INCOMPLETE, RUN_JSON, MetricsDocError, load_metrics, read_json
 
 from .spec import ABSOLUTE_KINDS, Check, GateSpec, default_checks
 from .stats import aggregate, mann_whitney_u, min_possible_p
@@ -75,6 +77,7 @@ class CheckResult:
     baseline_values: list[float] = field(default_factory=list)
     p_value: float | None = None
     significant: bool | None = None  # None: not tested (absolute budget, or too few samples)
+    over_threshold: bool | None = None  # the aggregate crossed the threshold (None: not compared)
     note: str = ""
 
     @property
@@ -82,6 +85,8 @@ class CheckResult:
         """A stable test name: ``gpu_idle_pct max_increase_pp 2``."""
         if self.kind == "not_throttled":
             return "clock_throttled not_throttled"
+        if self.kind == "usable":
+            return "runs usable"
         return f"{self.metric} {self.kind} {self.threshold:g}"
 
     def to_dict(self) -> dict[str, Any]:
@@ -125,7 +130,9 @@ def load_run(path: str | Path, role: str) -> Run:
     """Load a head or baseline run (a run folder or a metrics.json file).
 
     A path that does not exist is a usage error for the head (exit 2) and a missing baseline for a
-    baseline (exit 3); a folder that exists but is incomplete becomes an invalid run (exit 4).
+    baseline (exit 3); an incomplete folder (also when its metrics.json is named directly) and a
+    metrics.json that breaks the contract (unknown schema_version, values of the wrong type) become an
+    invalid run (exit 4).
     """
     p = Path(path)
     if not p.exists():
@@ -136,12 +143,24 @@ def load_run(path: str | Path, role: str) -> Run:
         inner = sorted(d.name for d in p.iterdir() if (d / RUN_JSON).exists())
         if not (p / RUN_JSON).exists() and inner:  # `abprof run --mode both` writes DIR/sync and DIR/async
             raise AbprofError(f"{p} holds run folders ({', '.join(inner)}), not a run: name one, e.g. {p / inner[0]}")
-        if (p / INCOMPLETE).exists():
-            reason = (p / INCOMPLETE).read_text(errors="replace").strip() or "no reason recorded"
-            return Run(str(p), None, f"run folder is incomplete: {reason}")
-        if (p / RUN_JSON).exists() and read_json(p / RUN_JSON).get("status") != "complete":
-            return Run(str(p), None, "run folder is not marked complete")
-    return Run(str(p), load_metrics(p))
+    folder = p if p.is_dir() else p.parent
+    if p.is_dir() or (folder / RUN_JSON).exists() or (folder / INCOMPLETE).exists():
+        problem = _folder_problem(folder)
+        if problem:
+            return Run(str(p), None, problem)
+    try:
+        return Run(str(p), load_metrics(p))
+    except MetricsDocError as exc:
+        return Run(str(p), None, f"metrics.json is not valid evidence: {exc}")
+
+
+def _folder_problem(folder: Path) -> str | None:
+    if (folder / INCOMPLETE).exists():
+        reason = (folder / INCOMPLETE).read_text(errors="replace").strip() or "no reason recorded"
+        return f"run folder is incomplete: {reason}"
+    if (folder / RUN_JSON).exists() and read_json(folder / RUN_JSON).get("status") != "complete":
+        return "run folder is not marked complete"
+    return None
 
 
 def run_gate(head: Sequence[str | Path], baselines: Sequence[str | Path], spec: GateSpec) -> GateResult:
@@ -151,7 +170,7 @@ def run_gate(head: Sequence[str | Path], baselines: Sequence[str | Path], spec: 
     head_runs = [load_run(p, "head") for p in head]
     base_runs = [load_run(p, "baseline") for p in baselines]
     if spec.require_baseline and not base_runs:
-        raise BaselineMissingError("a baseline is required (--require-baseline) but no --baseline was given")
+        raise BaselineMissingError(f"a baseline is required ({spec.require_baseline_by}) but no --baseline was given")
     notes: list[str] = []
     checks = list(spec.checks)
     if not checks:
@@ -164,7 +183,14 @@ def run_gate(head: Sequence[str | Path], baselines: Sequence[str | Path], spec: 
         defaults = ", ".join(f"{c.metric} {c.describe()}" for c in checks)
         notes.append(f"no budget configured: using the default {defaults}")
     results = [_throttle_check(head_runs, base_runs, spec)]
+    if base_runs and any(_value(r.doc, "sm_clock_mhz_mean")[0] is not None for r in head_runs + base_runs if r.doc):
+        results.append(_clock_check(head_runs, base_runs, spec))  # only where some run recorded its clocks
     results += [evaluate_check(c, head_runs, base_runs, spec) for c in checks]
+    unusable = [r for r in head_runs + base_runs if r.doc is None]
+    if unusable:  # every run is evidence: a broken baseline is not ignored because only budgets were asked
+        res = CheckResult("runs", "usable", 0.0, "count", "count", "error", "lower", "always", status="invalid")
+        res.note = "; ".join(f"{r.path}: {r.problem}" for r in unusable)
+        results.append(res)
     for run in head_runs + base_runs:
         if run.problem:
             notes.append(f"{run.path}: {run.problem}")
@@ -294,7 +320,7 @@ def _evaluate_values(check: Check, res: CheckResult, spec: GateSpec) -> CheckRes
 
 
 def _decide(res: CheckResult, exceeded: bool, significant: bool | None) -> CheckResult:
-    res.significant = significant
+    res.significant, res.over_threshold = significant, bool(exceeded)
     if not exceeded:
         res.status = "pass"
     elif significant is False:
@@ -326,4 +352,34 @@ def _throttle_check(head: list[Run], base: list[Run], spec: GateSpec) -> CheckRe
         res.status, res.note = "skip", "clock state not recorded (no NVML): cannot tell whether clocks throttled"
     elif unknown:
         res.note = "clock state not recorded for " + ", ".join(unknown)
+    return res
+
+
+def _clock_check(head: list[Run], base: list[Run], spec: GateSpec) -> CheckResult:
+    """Head and baseline must run at comparable SM clocks (``sm_clock_mhz_mean``, NVML's mean over the run).
+
+    A relative difference of the aggregates above ``spec.clock_warn_pct`` warns, above
+    ``spec.clock_invalid_pct`` the comparison is invalid: a faster or slower clock moves every timing.
+    """
+    res = CheckResult("sm_clock_mhz_mean", "clock_match", spec.clock_invalid_pct, "%", "MHz", "error", "lower",
+                      "always")
+    res.head_values, missing = _values(head, "sm_clock_mhz_mean")
+    res.baseline_values, missing_base = _values(base, "sm_clock_mhz_mean")
+    if missing or missing_base or not res.head_values or not res.baseline_values:
+        res.status = "skip"
+        res.note = "SM clock not recorded for every run (no NVML): cannot compare clocks"
+        return res
+    res.head = aggregate(res.head_values, spec.aggregate)
+    res.baseline = aggregate(res.baseline_values, spec.aggregate)
+    if res.baseline <= 0:
+        res.status, res.note = "invalid", f"baseline SM clock is {res.baseline:g} MHz"
+        return res
+    res.delta = 100.0 * (res.head - res.baseline) / res.baseline
+    if abs(res.delta) > spec.clock_invalid_pct:
+        res.status = "invalid"
+        res.note = (f"SM clocks differ by {res.delta:+.1f}% (> {spec.clock_invalid_pct:g}%): "
+                    "head and baseline ran at different speeds")
+    elif abs(res.delta) > spec.clock_warn_pct:
+        res.status = "warn"
+        res.note = f"SM clocks differ by {res.delta:+.1f}% (> {spec.clock_warn_pct:g}%)"
     return res

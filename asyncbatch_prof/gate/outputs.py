@@ -52,6 +52,10 @@ def fmt_delta(res: CheckResult) -> str:
 def fmt_threshold(res: CheckResult) -> str:
     if res.kind == "not_throttled":
         return "clocks not throttled"
+    if res.kind == "clock_match":
+        return f"SM clock within ±{res.threshold:g}%"
+    if res.kind == "usable":
+        return "complete, valid runs"
     unit = res.unit
     number = f"{res.threshold:g}"
     text = {"max": f"≤ {number}", "min": f"≥ {number}"}.get(res.kind)
@@ -65,8 +69,8 @@ def fmt_threshold(res: CheckResult) -> str:
 
 def fmt_verdict(res: CheckResult) -> str:
     text = _VERDICT_TEXT[res.status]
-    if res.status == "pass" and res.significant is False:
-        text = "pass (~ n.s.)"
+    if res.status == "pass" and res.significant is False and res.over_threshold:
+        text = "pass (~ n.s.)"  # over the threshold, but within the noise; an unchanged metric is a plain pass
     return text
 
 
@@ -112,21 +116,34 @@ def headline(result: GateResult) -> str:
 
 
 def print_table(result: GateResult, console) -> None:
-    """Print the rich table and the notes to a rich Console."""
+    """Print the rich table and the notes to a rich Console.
+
+    Cells are Text, never markup: a path or reason holding ``[/bold]`` prints as written. Names and
+    verdicts do not wrap, so an 80-column CI log breaks notes between words, not names mid-word.
+    """
     from rich.table import Table
+    from rich.text import Text
 
     styles = {"FAIL": "bold red", "INVALID": "bold yellow", "warn": "yellow", "pass": "green"}
-    table = Table(title=f"abprof gate ({result.spec.aggregate} of {len(result.head)} head, "
-                        f"{len(result.baseline)} baseline run(s))")
+    table = Table(title=Text(f"abprof gate ({result.spec.aggregate} of {len(result.head)} head, "
+                             f"{len(result.baseline)} baseline run(s))"))
     for h in HEADERS:
-        table.add_column(h, overflow="fold")
+        keep = h in ("Metric", "Verdict", "Δ")
+        table.add_column(h, no_wrap=keep, overflow="ellipsis" if keep else "fold", min_width=4)
     for row in rows(result):
         style = styles.get(row[5].split(" ")[0], "")
-        table.add_row(*row[:5], f"[{style}]{row[5]}[/]" if style else row[5], row[6])
+        table.add_row(*(Text(safe_text(c)) for c in row[:5]), Text(row[5], style=style), Text(safe_text(row[6])))
     console.print(table)
     for note in result.notes:
-        console.print(f"note: {note}", markup=False, highlight=False)
+        console.print(f"note: {safe_text(note)}", markup=False, highlight=False)
     console.print(headline(result), markup=False, highlight=False)
+
+
+def safe_text(text: str) -> str:
+    """``text`` with control characters (ESC of CSI/OSC sequences, BEL, ...) shown as ``\\x1b`` escapes."""
+    from asyncbatch_prof.textsafe import printable
+
+    return printable(text)
 
 
 def to_json(result: GateResult) -> dict[str, Any]:

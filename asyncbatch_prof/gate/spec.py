@@ -17,6 +17,8 @@ TOML (``abprof.toml`` with a ``[gate]`` table, or ``[tool.abprof.gate]`` in ``py
     require_baseline = false
     allow_throttled = false
     allow_incomplete = false    # an incomplete trace (trace_integrity) warns instead of invalidating
+    clock_warn_pct = 3          # head vs baseline mean SM clock: a larger difference warns,
+    clock_invalid_pct = 10      # and a larger one than this makes the comparison invalid (exit 4)
 
     [gate.metrics.gpu_idle_pct]
     max = 25
@@ -109,7 +111,10 @@ class GateSpec:
     require_baseline: bool = False
     allow_throttled: bool = False
     allow_incomplete: bool = False
+    clock_warn_pct: float = 3.0  # % difference of head and baseline mean SM clocks that warns
+    clock_invalid_pct: float = 10.0  # ... and that makes the comparison invalid
     source: str | None = None  # the config file, if one was read
+    require_baseline_by: str = "--require-baseline"  # what asked for it, named in the error
 
 
 def _fmt(x: float) -> str:
@@ -155,7 +160,7 @@ def parse_option(text: str, kind: str, level: str = "error") -> Check:
 
 
 _SETTING_KEYS = {"aggregate", "alpha", "min_samples", "require_baseline", "allow_throttled", "allow_incomplete",
-                 "metrics"}
+                 "clock_warn_pct", "clock_invalid_pct", "metrics"}
 
 
 def _checks_from_table(metric: str, table: Mapping[str, Any], source: str) -> list[Check]:
@@ -190,6 +195,8 @@ def spec_from_table(table: Mapping[str, Any], source: str) -> GateSpec:
                 raise GateConfigError(f"{source}: gate.metrics.{metric} must be a table, e.g. {{max = 5}}")
             spec.checks.extend(_checks_from_table(metric, item, source))
     settings = {k: table[k] for k in _SETTING_KEYS - {"metrics"} if k in table}
+    if table.get("require_baseline") is True:
+        settings["require_baseline_by"] = f"require_baseline = true in {source}"
     return validate_settings(replace(spec, **settings), source)
 
 
@@ -204,22 +211,41 @@ def validate_settings(spec: GateSpec, source: str = "options") -> GateSpec:
     for key in ("require_baseline", "allow_throttled", "allow_incomplete"):
         if not isinstance(getattr(spec, key), bool):
             raise GateConfigError(f"{source}: {key} must be true or false")
+    for key in ("clock_warn_pct", "clock_invalid_pct"):
+        value = getattr(spec, key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+            raise GateConfigError(f"{source}: {key} must be a finite number >= 0 (percent), not {value!r}")
+    if spec.clock_warn_pct > spec.clock_invalid_pct:
+        raise GateConfigError(f"{source}: clock_warn_pct ({spec.clock_warn_pct:g}) must not exceed "
+                              f"clock_invalid_pct ({spec.clock_invalid_pct:g})")
     return spec
 
 
 def load_config(path: Path) -> GateSpec:
     """Read ``[gate]`` (abprof.toml or any file) or ``[tool.abprof.gate]`` (pyproject.toml) from ``path``."""
     path = Path(path)
-    try:
-        doc = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise GateConfigError(f"config file not found: {path}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise GateConfigError(f"{path} is not valid TOML: {exc}") from None
-    table = _gate_table(doc)
+    table = _gate_table(read_toml(path))
     if table is None:
         raise GateConfigError(f"{path} has no [gate] or [tool.abprof.gate] table")
     return spec_from_table(table, str(path))
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Parse a TOML file; any reason it cannot be read (missing, not UTF-8, bad syntax, nested too deep) is
+    one GateConfigError line: a config that cannot be read must never mean "no budgets"."""
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        raise GateConfigError(f"config file not found: {path}") from None
+    except IsADirectoryError:
+        raise GateConfigError(f"config file is a directory: {path}") from None
+    except UnicodeDecodeError as exc:
+        raise GateConfigError(f"{path} is not UTF-8 text (byte {exc.start}): TOML files must be UTF-8") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise GateConfigError(f"{path} is not valid TOML: {exc} (fix it, or pass --no-config)") from None
+    except RecursionError:
+        raise GateConfigError(f"{path} is nested too deeply to read") from None
 
 
 def _gate_table(doc: Mapping[str, Any]) -> Mapping[str, Any] | None:
@@ -241,10 +267,7 @@ def find_config(directory: Path) -> Path | None:
         return candidate
     candidate = directory / "pyproject.toml"
     if candidate.is_file():
-        try:
-            doc = tomllib.loads(candidate.read_text())
-        except tomllib.TOMLDecodeError:
-            return None  # not ours to judge; the gate simply has no config from it
+        doc = read_toml(candidate)  # a broken pyproject.toml is an error, not a silent "no budgets"
         tool = doc.get("tool", {})
         if isinstance(tool, Mapping) and isinstance(tool.get("abprof"), Mapping) and "gate" in tool["abprof"]:
             return candidate

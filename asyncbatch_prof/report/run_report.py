@@ -64,7 +64,7 @@ def build_figures(view: RunView) -> list[FigureSlot]:
     origin = float(ops["start_us"].min())
     busy = merge_for_drawing(ops["start_us"].to_numpy(float), ops["end_us"].to_numpy(float), 0.0)
     return [
-        _slot("timeline", lambda: timeline_figure(a, origin), "no GPU ops"),
+        _slot("timeline", lambda: timeline_figure(a, origin), "nothing of non-zero length to draw"),
         _slot("idle_by_cause", lambda: idle_by_cause_figure(view.doc, a.phases),
               view.doc.get("absent", {}).get("host_bound_pct", "idle classes absent")),
         _slot("gap_histogram", lambda: gap_histogram_figure(a.gaps, a.device, _threshold_us(view.doc)),

@@ -56,9 +56,37 @@ def read_requests(path: Path | io.StringIO) -> pd.DataFrame:
     if isinstance(path, Path) and not path.exists():
         return pd.DataFrame()
     try:
-        return pd.read_csv(path, keep_default_na=True, dtype={"token_times_s": "string"})
+        frame = pd.read_csv(path, keep_default_na=True, dtype={"token_times_s": "string"})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise AbprofError(f"{path} is not a readable CSV: {exc}") from None
+    for column in frame.columns:
+        if column in _NUMERIC_COLUMNS:
+            _numeric(frame, column, path)
+    if "token_times_s" in frame.columns:
+        for row, cell in frame["token_times_s"].dropna().items():
+            try:
+                float_times = [float(x) for x in str(cell).split()]
+            except ValueError:
+                float_times = [float("nan")]
+            if not all(np.isfinite(float_times)):
+                raise AbprofError(f"{path}: token_times_s of data row {row + 1} is not a list of seconds: "
+                                  f"{str(cell)[:40]!r}")
+    return frame
+
+
+_NUMERIC_COLUMNS = {"prompt_len", "max_new_tokens", "output_tokens", "arrival_s", "scheduled_s", "first_token_s",
+                    "finish_s", "ttft_ms", "e2e_ms", "preemptions"}  # serving.REQUESTS_COLUMNS that hold numbers
+
+
+def _numeric(frame: pd.DataFrame, column: str, path: Path) -> None:
+    """Turn ``column`` into floats in place, or raise one AbprofError line naming the first bad cell."""
+    values = pd.to_numeric(frame[column], errors="coerce")
+    bad = values.isna() & frame[column].notna()
+    if bad.any():
+        row = int(bad.to_numpy().nonzero()[0][0])
+        raise AbprofError(f"{path}: column {column!r} of data row {row + 1} is not a number: "
+                          f"{str(frame[column].iloc[row])[:40]!r}")
+    frame[column] = values
 
 
 def read_nvml(path: Path | io.StringIO) -> pd.DataFrame:
@@ -73,6 +101,8 @@ def read_nvml(path: Path | io.StringIO) -> pd.DataFrame:
     missing = {"epoch_us", "series", "value"} - set(frame.columns)
     if missing:
         raise AbprofError(f"{path} lacks columns {sorted(missing)} (want epoch_us,series,value)")
+    _numeric(frame, "epoch_us", path)
+    _numeric(frame, "value", path)
     return frame
 
 

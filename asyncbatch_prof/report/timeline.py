@@ -120,10 +120,10 @@ def _clip(frame: pd.DataFrame, sl: Slice) -> pd.DataFrame:
     return frame[(frame["end_us"] > sl.start_us) & (frame["start_us"] < sl.end_us)]
 
 
-def timeline_figure(analysis, origin_us: float, origin_label: str = "the first GPU op") -> go.Figure:
+def timeline_figure(analysis, origin_us: float, origin_label: str = "the first GPU op") -> go.Figure | None:
     """Timeline of a slice of steps for the analysis' headline device; x in ms since ``origin_us``
     (the first GPU op of the trace), one lane per CPU phase, per GPU stream, merged busy, and idle.
-    A trace without GPU ops gets the CPU lanes only."""
+    A trace without GPU ops gets the CPU lanes only; None when no lane has anything of non-zero length."""
     device = str(analysis.device)
     ops = analysis.gpu_ops[analysis.gpu_ops["device"].astype(str) == device]
     gaps = analysis.gaps[analysis.gaps["device"].astype(str) == device]
@@ -152,6 +152,8 @@ def timeline_figure(analysis, origin_us: float, origin_label: str = "the first G
                                   lane(f"GPU stream {stream}"), "#2ca02c", origin_us, span, rows["name"].to_numpy()))
     if len(ops):
         traces += _gpu_summary_lanes(ops, gaps, lane, origin_us, span)
+    if not ticks:  # every op and phase has zero length (equal timestamps): nothing to draw
+        return None
     fig = go.Figure(traces)
     height = 130 + 30 * len(ticks)
     fig.update_layout(base_layout(f"Timeline: {sl.label}; drag to zoom", height=height))

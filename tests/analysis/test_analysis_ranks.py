@@ -148,11 +148,14 @@ def test_tp_run_folder_and_gate_on_merged_metrics(tmp_path, trace_builder):
     _rank_trace(trace_builder, run / "traces" / "rank1.json.gz", 140, 130, compute=False, late_phase=True)
     result = CliRunner().invoke(app, ["analyze", str(run)], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
-    assert "tp run" in result.output
-    gate = CliRunner().invoke(app, ["gate", str(run), "--no-config", "--max", "collective_wait_pct=10"])
+    assert "tp run" in result.output and not (run / "metrics.json").exists()  # a run's files are never written
+    result = CliRunner().invoke(app, ["analyze", str(run), "--out", str(tmp_path / "a")], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    merged = tmp_path / "a" / "metrics.json"
+    gate = CliRunner().invoke(app, ["gate", str(merged), "--no-config", "--max", "collective_wait_pct=10"])
     assert gate.exit_code != 0, gate.output
     assert "collective_wait_pct" in gate.output
-    gate = CliRunner().invoke(app, ["gate", str(run), "--no-config", "--max", "collective_wait_pct=30",
+    gate = CliRunner().invoke(app, ["gate", str(merged), "--no-config", "--max", "collective_wait_pct=30",
                                     "--max", "gpu_idle_pct_worst_rank=100", "--min", "comm_overlap_pct=1"])
     assert gate.exit_code == 0, gate.output
 
@@ -165,7 +168,9 @@ def test_compare_reads_the_merged_rank_metrics(tmp_path, trace_builder):
         (run / "run.json").write_text(json.dumps({"status": "complete", "tp": 2, "workload": {"prompts": 1}}))
         _rank_trace(trace_builder, run / "traces" / "rank0.json.gz", 100, 60, compute=True, late_phase=False)
         _rank_trace(trace_builder, run / "traces" / "rank1.json.gz", late_start, 100, compute=False, late_phase=True)
-        assert CliRunner().invoke(app, ["analyze", str(run), "-j", "1"]).exit_code == 0
+        out = tmp_path / f"{name}-analysis"
+        assert CliRunner().invoke(app, ["analyze", str(run), "-j", "1", "-o", str(out)]).exit_code == 0
+        shutil.copy(out / "metrics.json", run / "metrics.json")  # as `abprof run --tp` writes it
         runs.append(str(run))
     result = CliRunner().invoke(app, ["compare", *runs, "-o", str(tmp_path / "c.html")], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
@@ -179,9 +184,9 @@ def test_plain_run_folder_and_file_order_ranks(tmp_path, trace_builder):
     run.mkdir()
     (run / "run.json").write_text(json.dumps({"status": "complete"}))
     trace = _rank_trace(trace_builder, run / "trace.json.gz", 100, 60, compute=True, late_phase=False)
-    result = CliRunner().invoke(app, ["analyze", str(run)])
+    result = CliRunner().invoke(app, ["analyze", str(run), "-o", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
-    assert json.loads((run / "metrics.json").read_text())["metrics"] == analyze(trace).doc["metrics"]
+    assert json.loads((tmp_path / "out" / "metrics.json").read_text())["metrics"] == analyze(trace).doc["metrics"]
     folder = tmp_path / "set"
     folder.mkdir()
     _rank_trace(trace_builder, folder / "y.json.gz", 100, 60, compute=True, late_phase=False)

@@ -60,7 +60,7 @@ def test_capture_nvml_absent_library(no_nvml):
     assert not s.available and "pynvml" in s.reason
     metrics, absent, section = nvml_metrics(s, 0, 1, output_tokens=3)
     assert metrics == {} and set(absent) == {"nvml_util_pct", "sm_active_pct", "joules_per_token",
-                                             "clock_throttled"}
+                                             "clock_throttled", "power_capped_pct", "sm_clock_mhz_mean"}
     assert section == {"available": False, "reason": s.reason}
     assert nvml_csv([]) == "epoch_us,series,value\n"
 
@@ -68,3 +68,46 @@ def test_capture_nvml_absent_library(no_nvml):
 def test_capture_nvml_csv_long_format():
     text = nvml_csv([(1.5, "util_pct", 70.0), (2.0, "power_w", 350.25)])
     assert text.splitlines() == ["epoch_us,series,value", "1.500,util_pct,70", "2.000,power_w,350.25"]
+
+
+# --- issue 15 item 3: sw_power_cap is the normal state at the power limit, not throttling ---------------
+
+
+def _window_metrics(fake, reasons):
+    s = _sample(fake.configure(gpm=False, reasons=reasons), seconds=0.2)
+    return nvml_metrics(s, s.marks["generate_start"]["epoch_us"], s.marks["generate_end"]["epoch_us"],
+                        output_tokens=5)
+
+
+def test_capture_nvml_power_cap_alone_is_not_throttling(fake_nvml):
+    metrics, absent, section = _window_metrics(fake_nvml, 0x4)
+    assert metrics["clock_throttled"] is False
+    assert metrics["power_capped_pct"] == 100.0
+    assert metrics["sm_clock_mhz_mean"] == pytest.approx(section["sm_clock_mhz"]["mean"]) and 0 < metrics[
+        "sm_clock_mhz_mean"] <= 1980
+    assert section["throttle_reasons"] == ["sw_power_cap"]  # still recorded, by name
+
+
+@pytest.mark.parametrize("bit, name", [(0x8, "hw_slowdown"), (0x20, "sw_thermal"), (0x40, "hw_thermal"),
+                                       (0x80, "hw_power_brake")])
+def test_capture_nvml_thermal_and_hardware_slowdown_throttle(fake_nvml, bit, name):
+    metrics, _, section = _window_metrics(fake_nvml, bit)
+    assert metrics["clock_throttled"] is True and metrics["power_capped_pct"] == 0.0
+    assert section["throttle_reasons"] == [name]
+
+
+@pytest.mark.parametrize("reasons", [0x0, 0x1, 0x10, 0x1 | 0x2 | 0x100])
+def test_capture_nvml_benign_and_sync_boost_do_not_throttle(fake_nvml, reasons):
+    metrics, _, _ = _window_metrics(fake_nvml, reasons)
+    assert metrics["clock_throttled"] is False and metrics["power_capped_pct"] == 0.0
+
+
+def test_capture_nvml_power_capped_share_of_samples():
+    from asyncbatch_prof.capture.nvml import _clock_events
+
+    metrics, absent = {}, {}
+    seen = _clock_events([0x4, 0x0, 0x4 | 0x1, 0x0], metrics, absent, "unused")
+    assert metrics == {"clock_throttled": False, "power_capped_pct": 50.0} and not absent and seen == ["sw_power_cap"]
+    metrics, absent = {}, {}
+    assert _clock_events(None, metrics, absent, "no samples") == []
+    assert metrics == {} and absent == {"clock_throttled": "no samples", "power_capped_pct": "no samples"}
