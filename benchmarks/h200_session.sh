@@ -36,10 +36,11 @@ run_steps() {
     git rev-parse HEAD 2>/dev/null; date -u; } > "$W/environment.txt" 2>&1
   cat "$W/environment.txt"
   for s in "$@"; do case $s in
-    tests) step tests python3 -m pytest -q -m cuda tests/engine -x ;;
+    tests) step tests python3 -m pytest -q -m cuda tests/engine tests/kernels -x -p no:cacheprovider ;;
     kernels) step kernels python3 -m pytest -q -m cuda tests/kernels -x ;;
     kernels-fused) step kernels-fused python3 -m pytest -q -m cuda tests/kernels/test_triton_ops.py ;;
-    both) step both abprof run --out "$W/both/run" ;;
+    both) step both bash -c "abprof run --out $W/both/run && abprof gate $W/both/run/async --no-config \
+        --max gpu_idle_pct=100 && ls -la $W/both/run/async" ;;
     headline-reference) step headline-reference python3 benchmarks/headline.py --out "$W/headline-reference" \
         --engines reference --only standard small-batch large-batch ;;
     headline-split) step headline-split python3 benchmarks/headline.py --out "$W/headline-split" --engines reference \
@@ -53,6 +54,9 @@ run_steps() {
     transformers-small) step transformers-small bash -c "abprof run --engine transformers --mode sync --requests 64 \
         --output-len fixed:64 --out $W/transformers-small/sync && abprof run --engine transformers --mode async \
         --requests 64 --output-len fixed:64 --out $W/transformers-small/async" ;;
+    explain-reference) step explain-reference python3 benchmarks/headline.py --out "$W/explain-reference/reference" \
+        --engines reference --only standard --modes sync async async-mixed async-split --timeout 140 ;;
+    rank-scaling) step rank-scaling python3 benchmarks/rank_set_scaling.py --ranks 8 ;;
     extra) step extra bash benchmarks/h200_extra.sh "$W/extra" ;;  # whatever this session adds, in one file
     *) echo "unknown step $s" ;;
   esac; done
