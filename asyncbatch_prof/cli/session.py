@@ -34,6 +34,9 @@ def execute(plan: RunPlan, console: Console | None = None, err: Console | None =
     if plan.compare_path is not None:
         where = compare_outcomes(outcomes, plan.compare_path)
         console.print(f"comparison: {plan.compare_path}{where}", highlight=False, markup=False)
+        from asyncbatch_prof.report.compare import tokens_comparison
+
+        console.print(tokens_comparison([o.view for o in outcomes])["line"], highlight=False, markup=False)
     return 0
 
 
