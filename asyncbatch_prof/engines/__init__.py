@@ -79,3 +79,12 @@ def tokens_digest(records: list) -> str:
     from reference_engine.records import tokens_sha256
 
     return tokens_sha256(records)
+
+
+def engine_has_option(name: str) -> bool:
+    """Whether the reference engine's EngineConfig has the field ``name`` (options that arrive with it)."""
+    import dataclasses
+
+    from reference_engine import EngineConfig
+
+    return name in {f.name for f in dataclasses.fields(EngineConfig)}

@@ -14,7 +14,8 @@ from typing import Any
 
 from asyncbatch_prof.capture.profiler import ProfileWindow
 from asyncbatch_prof.capture.recorder import RecordSettings
-from asyncbatch_prof.engines import ENGINES, EngineName, engine_config, make_requests, workload_config
+from asyncbatch_prof.engines import (ENGINES, EngineName, engine_config, engine_has_option, make_requests,
+                                     workload_config)
 from asyncbatch_prof.errors import AbprofError
 from asyncbatch_prof.pipeline.options import RunMode, RunOptions, reproduce_command
 
@@ -151,6 +152,8 @@ def _check_tp(opts: RunOptions, engine: EngineName, cuda: bool) -> None:
         raise AbprofError(f"--tp must be >= 1, got {opts.tp}")
     if opts.measure_overhead:
         raise AbprofError("--measure-overhead is not supported with --tp")
+    if opts.tp_overlap and not engine_has_option("tp_overlap"):
+        raise AbprofError("--tp-overlap: this reference engine has no communication overlap (EngineConfig.tp_overlap)")
     if cuda:
         import torch
 

@@ -108,3 +108,12 @@ def test_tokens_comparison_says_differ_and_missing(tmp_path):
     assert differ["tokens_identical"] is False and differ["line"].startswith("tokens: differ")
     missing = tokens_comparison([view("a", "1" * 64), view("b", None)])
     assert missing["tokens_identical"] is None and "b has no tokens_sha256" in missing["line"]
+
+
+def test_tp_overlap_refused_in_one_line_when_the_engine_lacks_it(tmp_path):
+    from asyncbatch_prof.engines import engine_has_option
+
+    if engine_has_option("tp_overlap"):
+        pytest.skip("this engine has EngineConfig.tp_overlap")
+    result = _run("--tp", "2", "--tp-overlap", "--out", str(tmp_path / "x"))
+    assert result.exit_code == 2 and "no communication overlap" in result.output
