@@ -117,3 +117,30 @@ def test_tp_overlap_refused_in_one_line_when_the_engine_lacks_it(tmp_path):
         pytest.skip("this engine has EngineConfig.tp_overlap")
     result = _run("--tp", "2", "--tp-overlap", "--out", str(tmp_path / "x"))
     assert result.exit_code == 2 and "no communication overlap" in result.output
+
+
+def test_tp_folder_of_gpu_ranks_merges_as_abprof_analyze_does(tmp_path):
+    """The merged path of a TP run (GPU traces: HTA's public two-rank set placed as traces/rank{r}.json.gz):
+    each trace parsed once, rank figures equal to analyze_rank_set on the same folder."""
+    import shutil
+    from pathlib import Path
+
+    from asyncbatch_prof.analysis.rankset import analyze_rank_set
+    from asyncbatch_prof.pipeline.rankset import write_rank_set
+    from asyncbatch_prof.pipeline.tp import _analyze_ranks
+
+    data = Path(__file__).resolve().parents[1] / "data" / "traces" / "hta_ranks"
+    (tmp_path / "traces").mkdir()
+    for r in (0, 1):
+        shutil.copy(data / f"sampled_rank-{r}.json.gz", tmp_path / "traces" / f"rank{r}.json.gz")
+    (tmp_path / rf.RUN_JSON).write_text(json.dumps({"tp": 2}))
+    analyses, rs, reason = _analyze_ranks(tmp_path, 2, {"tp": 2})
+    assert reason is None and analyses[0].device is not None and set(rs.ranks) == {0, 1}
+    alone = analyze_rank_set(tmp_path, jobs=1)
+    for r in ("0", "1"):
+        assert rs.doc["ranks"][r]["gpu_idle_pct"] == alone.doc["ranks"][r]["gpu_idle_pct"] is not None
+    base = {"metrics": {"tokens_per_s": 1.0}, "absent": {}}
+    write_rank_set(rs, tmp_path, base)
+    doc = json.loads((tmp_path / "metrics.json").read_text())
+    assert doc["metrics"]["gpu_idle_pct_worst_rank"] == alone.doc["metrics"]["gpu_idle_pct_worst_rank"]
+    assert doc["metrics"]["tokens_per_s"] == 1.0 and (tmp_path / "ranks" / "rank1.metrics.json").is_file()
