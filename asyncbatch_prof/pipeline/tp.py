@@ -45,7 +45,7 @@ def run_tp_capture(spec: RunSpec, run_dir: Path, run_doc: dict, on_step: Callabl
                           f"steps, before the profiled window ({spec.window.describe()}); choose an earlier "
                           "--profile-steps window or more requests", exit_code=1)
     rank0 = ranks[0].hook_result
-    run_doc["notes"] += [n for r in ranks for n in r.notes if r.rank == 0]
+    run_doc["notes"] += list(ranks[0].notes)
     run_doc.update(
         tp=tp, model=ranks[0].describe, environment=rank0["environment"],
         profiled_steps=spec.window.profiled_steps(result.num_steps), num_steps=result.num_steps,
