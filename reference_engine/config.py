@@ -27,6 +27,9 @@ PRESETS: dict[str, dict] = {
                  intermediate_size=128, vocab_size=512, max_position_embeddings=2048),
     "llama-1b": dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32, num_key_value_heads=8,
                      intermediate_size=8192, vocab_size=32000, max_position_embeddings=4096),
+    # Llama-3-8B's shape (random weights): where tensor parallelism matters; fits one H200 in bf16
+    "llama-8b": dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=8,
+                     intermediate_size=14336, vocab_size=128256, max_position_embeddings=8192),
 }
 
 

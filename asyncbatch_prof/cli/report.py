@@ -100,6 +100,9 @@ def _print_table(views, warning: str | None, exs) -> None:
             console.print(Text(printable(f"  (per {ex['unit']}: {ex['unit_reason']})"), style="dim"))
         if ex.get("hardware_line"):
             console.print(Text(printable(f"  {ex['hardware_line']} (sampled over the whole run)"), style="dim"))
+    from asyncbatch_prof.report.compare import tokens_comparison
+
+    console.print(Text(printable(tokens_comparison(views)["line"])))
     console.print(table)
 
 

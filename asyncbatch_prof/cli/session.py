@@ -30,10 +30,18 @@ def execute(plan: RunPlan, console: Console | None = None, err: Console | None =
             return outcome
         outcomes.append(outcome)
         console.print(f"{label}: {run_dir}", highlight=False, markup=False)
+        rank_set = outcome.metrics.get("rank_set")
+        if rank_set and rank_set.get("merged", True):  # --tp N on GPUs: the ranks, as abprof analyze shows them
+            from asyncbatch_prof.cli.ranks import print_rank_set
+
+            print_rank_set(console, outcome.metrics)
     print_summary(console, [label for label, _, _ in plan.runs], [o.metrics for o in outcomes])
     if plan.compare_path is not None:
         where = compare_outcomes(outcomes, plan.compare_path)
         console.print(f"comparison: {plan.compare_path}{where}", highlight=False, markup=False)
+        from asyncbatch_prof.report.compare import tokens_comparison
+
+        console.print(tokens_comparison([o.view for o in outcomes])["line"], highlight=False, markup=False)
     return 0
 
 

@@ -71,3 +71,20 @@ def build_engine(engine: EngineName | str, mode, config: dict[str, Any], workloa
 
         built = TransformersCBEngine(engine_config(mode, config))
     return built, make_requests(workload, built.vocab_size)
+
+
+def tokens_digest(records: list) -> str:
+    """``tokens_sha256`` of a run's request records (any engine's: ``request_id`` and ``output_token_ids``),
+    in the reference engine's canonical encoding, so runs of different engines, loops or TP sizes compare."""
+    from reference_engine.records import tokens_sha256
+
+    return tokens_sha256(records)
+
+
+def engine_has_option(name: str) -> bool:
+    """Whether the reference engine's EngineConfig has the field ``name`` (options that arrive with it)."""
+    import dataclasses
+
+    from reference_engine import EngineConfig
+
+    return name in {f.name for f in dataclasses.fields(EngineConfig)}

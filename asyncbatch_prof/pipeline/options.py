@@ -80,6 +80,11 @@ class RunOptions:
     split_prefill_decode: bool = option(False, "Reference engine: run a step's decodes and prefill chunks as two "
                                         "batches on two CUDA streams, so their kernels overlap (same tokens).",
                                         names=("--split-prefill-decode",), panel=ENGINE)
+    tp: int | None = option(None, "Reference engine: tensor-parallel size, one process and one GPU per rank (gloo on "
+                            "the CPU); a trace and an NVML sampler per rank. --tp 1 runs through the same launcher.",
+                            show_default=False, panel=ENGINE)
+    tp_overlap: bool = option(False, "Reference engine with --tp: hide the all-reduces under computation (when the "
+                              "engine has it: EngineConfig.tp_overlap).", names=("--tp-overlap",), panel=ENGINE)
     profile_steps: str | None = option(None, "Engine steps recorded: N steps from the default start, an inclusive "
                                        "window, or all. Default: 64 steps a quarter into the decode-dominated part "
                                        "of the workload (from an estimate of its steps).", metavar="N|FIRST:LAST|all",

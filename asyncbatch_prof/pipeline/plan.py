@@ -14,7 +14,8 @@ from typing import Any
 
 from asyncbatch_prof.capture.profiler import ProfileWindow
 from asyncbatch_prof.capture.recorder import RecordSettings
-from asyncbatch_prof.engines import ENGINES, EngineName, engine_config, make_requests, workload_config
+from asyncbatch_prof.engines import (ENGINES, EngineName, engine_config, engine_has_option, make_requests,
+                                     workload_config)
 from asyncbatch_prof.errors import AbprofError
 from asyncbatch_prof.pipeline.options import RunMode, RunOptions, reproduce_command
 
@@ -37,6 +38,7 @@ class RunSpec:
     command: list[str] = field(default_factory=list)  # an abprof run command that repeats this run
     argv: list[str] = field(default_factory=list)  # the command line as typed
     notes: list[str] = field(default_factory=list)
+    tp: int | None = None  # tensor-parallel size through the launcher (None: the engine in this process)
 
     @property
     def window(self) -> ProfileWindow:
@@ -126,6 +128,7 @@ def _check_options(opts: RunOptions, mode: RunMode, engine: EngineName, cuda: bo
             raise AbprofError("--arrival-rate is not supported with --engine transformers (offline workloads only)")
     if opts.split_prefill_decode and engine is not EngineName.REFERENCE:
         raise AbprofError("--split-prefill-decode is an option of the reference engine")
+    _check_tp(opts, engine, cuda)
     if opts.cuda_graphs and not cuda:
         raise AbprofError("--cuda-graphs needs a CUDA device")
     if opts.requests is not None and opts.requests < 1:
@@ -136,6 +139,26 @@ def _check_options(opts: RunOptions, mode: RunMode, engine: EngineName, cuda: bo
         raise AbprofError(f"--engine-warmup-steps must be >= 0, got {opts.engine_warmup_steps}")
     if opts.workload_jsonl is not None and not Path(opts.workload_jsonl).is_file():
         raise AbprofError(f"--workload-jsonl: file not found: {opts.workload_jsonl}")
+
+
+def _check_tp(opts: RunOptions, engine: EngineName, cuda: bool) -> None:
+    if opts.tp is None:
+        if opts.tp_overlap:
+            raise AbprofError("--tp-overlap needs --tp N")
+        return
+    if engine is not EngineName.REFERENCE:
+        raise AbprofError("--tp is an option of the reference engine (transformers runs in one process)")
+    if opts.tp < 1:
+        raise AbprofError(f"--tp must be >= 1, got {opts.tp}")
+    if opts.measure_overhead:
+        raise AbprofError("--measure-overhead is not supported with --tp")
+    if opts.tp_overlap and not engine_has_option("tp_overlap"):
+        raise AbprofError("--tp-overlap: this reference engine has no communication overlap (EngineConfig.tp_overlap)")
+    if cuda:
+        import torch
+
+        if torch.cuda.device_count() < opts.tp:
+            raise AbprofError(f"--tp {opts.tp} needs {opts.tp} GPUs, torch sees {torch.cuda.device_count()}")
 
 
 def check_requests(requests: list, opts: RunOptions) -> None:
@@ -213,7 +236,9 @@ def plan_runs(opts: RunOptions, command: list[str] | None = None) -> RunPlan:
                   max_seqs=opts.max_seqs, block_size=opts.block_size, cuda_graphs=opts.cuda_graphs, seed=opts.seed)
     if opts.split_prefill_decode:  # only when asked: the transformers engine's config has no such field
         config["split_prefill_decode"] = True
-    engine_config(mode.loops[0], config)  # validates the engine options
+    if opts.tp_overlap:  # only when asked: the field exists from the engine version that has the overlap
+        config["tp_overlap"] = True
+    engine_config(mode.loops[0], {**config, "tp_size": opts.tp or 1})  # validates the engine options
     out = Path(opts.out) if opts.out is not None else Path("reports") / f"{timestamp()}-{mode}"
     check_out(out)
     plan = RunPlan(mode=mode.value, out=out, notes=notes)
@@ -223,7 +248,8 @@ def plan_runs(opts: RunOptions, command: list[str] | None = None) -> RunPlan:
                                   warmup_runs=opts.warmup_runs, with_stack=opts.with_stack,
                                   measure_overhead=opts.measure_overhead, nvml=opts.nvml)
         spec = RunSpec(mode=loop, engine=engine.value, engine_config=config, workload=workload, settings=settings,
-                       command=reproduce_command(opts, loop, run_dir), argv=list(command or []), notes=list(notes))
+                       command=reproduce_command(opts, loop, run_dir), argv=list(command or []), notes=list(notes),
+                       tp=opts.tp)
         plan.runs.append((loop, spec, run_dir))
     if mode is RunMode.BOTH:
         plan.compare_path = out / "compare.html"

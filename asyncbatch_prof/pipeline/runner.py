@@ -20,6 +20,7 @@ from asyncbatch_prof import runfolder as rf
 from asyncbatch_prof.analysis.run_metrics import build_metrics_doc
 from asyncbatch_prof.capture.nvml import nvml_csv
 from asyncbatch_prof.capture.recorder import Capture, StepCallback, record
+from asyncbatch_prof.engines import tokens_digest
 from asyncbatch_prof.errors import AbprofError
 from asyncbatch_prof.pipeline.plan import RunSpec
 from asyncbatch_prof.report.run_view import RunView, view_from_memory
@@ -65,6 +66,10 @@ def run_one(spec: RunSpec, run_dir: Path, on_step: StepCallback | None = None,
     }
     rf.atomic_write_json(run_dir / rf.RUN_JSON, run_doc)
     try:
+        if spec.tp is not None:  # through the tensor-parallel launcher, --tp 1 included
+            from asyncbatch_prof.pipeline.tp import run_tp_capture
+
+            return run_tp_capture(spec, run_dir, run_doc, on_step, on_phase or (lambda _: None))
         return _run(spec, run_dir, run_doc, on_step, on_phase or (lambda _: None))
     except BaseException as exc:
         reason = fail_reason(exc)
@@ -96,16 +101,18 @@ def _run(spec: RunSpec, run_dir: Path, run_doc: dict, on_step: StepCallback | No
 def check_evidence(capture: Capture, spec: RunSpec) -> None:
     """Fail the run (exit 1, the folder left INCOMPLETE with the reason) when it measured nothing: every
     request rejected, or the workload ended before the profiled window so there is no trace."""
-    records = capture.result.records
-    if records and all(r.finish_reason == "rejected" for r in records):
-        why = next((r.rejected_reason for r in records if r.rejected_reason), None) or "no reason given"
-        raise AbprofError(f"the engine rejected all {len(records)} requests ({why})", exit_code=1)
+    check_rejected(capture.result.records)
     if capture.trace_path is None:
         raise AbprofError(f"no trace: the workload ended after {capture.result.num_steps} engine steps, before "
                           f"the profiled window ({spec.window.describe()}); choose an earlier --profile-steps "
                           "window or more requests", exit_code=1)
 
 
+def check_rejected(records: list) -> None:
+    """Fail the run (exit 1) when the engine rejected every request: it measured nothing."""
+    if records and all(r.finish_reason == "rejected" for r in records):
+        why = next((r.rejected_reason for r in records if r.rejected_reason), None) or "no reason given"
+        raise AbprofError(f"the engine rejected all {len(records)} requests ({why})", exit_code=1)
 
 
 def _finish(spec: RunSpec, run_dir: Path, run_doc: dict, capture: Capture) -> RunOutcome:
@@ -114,7 +121,8 @@ def _finish(spec: RunSpec, run_dir: Path, run_doc: dict, capture: Capture) -> Ru
     run_doc["notes"] += capture.notes
     run_doc.update(model=capture.model, environment=capture.environment, profiled_steps=profiled,
                    nvml=capture.nvml_status, num_steps=result.num_steps, profiler=capture.profiler,
-                   generate_start_epoch_ns=result.start_epoch_ns, wall_s=round(result.wall_s, 6))
+                   generate_start_epoch_ns=result.start_epoch_ns, wall_s=round(result.wall_s, 6),
+                   tokens_sha256=tokens_digest(result.records))
     overhead = capture.overhead
     if overhead is not None:
         profiled_tps = result.output_tokens / result.wall_s

@@ -133,7 +133,24 @@ def comparison_json(views: Sequence[RunView], warning: str | None = None) -> dic
             rows.append({"run": name, "metric": d.metric, "label": d.label, "base": d.base, "value": d.value,
                          "change": d.change, "direction": d.direction})
     return {"runs": names, "baseline": names[0], "workload_warning": warning, "explanation": exs[0],
-            "explanations": exs, "deltas": rows}
+            "explanations": exs, "deltas": rows, "tokens": tokens_comparison(views)}
+
+
+def tokens_comparison(views: Sequence[RunView]) -> dict:
+    """Whether the runs generated the same tokens, from run.json's ``tokens_sha256``: ``tokens_identical``
+    (None when a run has no digest), the digests by run name, and a one-line ``line`` for the terminal."""
+    names = run_names(views)
+    digests = {name: view.run.get("tokens_sha256") for name, view in zip(names, views)}
+    missing = [name for name, d in digests.items() if not d]
+    if missing:
+        same, line = None, f"tokens: not compared: {missing[0]} has no tokens_sha256 in its run.json"
+    elif len(set(digests.values())) == 1:
+        same = True
+        line = f"tokens: identical in all {len(names)} runs (tokens_sha256 {next(iter(digests.values()))[:12]})"
+    else:
+        same = False
+        line = "tokens: differ (" + ", ".join(f"{n} {d[:12]}" for n, d in digests.items()) + ")"
+    return {"tokens_identical": same, "tokens_sha256": digests, "line": line}
 
 
 def summary_line(d: Delta) -> str:
