@@ -56,6 +56,11 @@ run_steps() {
         --requests 64 --output-len fixed:64 --out $W/transformers-small/async" ;;
     explain-reference) step explain-reference python3 benchmarks/headline.py --out "$W/explain-reference/reference" \
         --engines reference --only standard --modes sync async async-mixed async-split --timeout 140 ;;
+    headline) step headline bash -c "python3 benchmarks/headline.py --out $W/headline --engines reference \
+        --modes sync async --overhead-engines --timeout 200 -- --repeats 3; find $W/headline -path '*/r[0-9]*/trace.json.gz' -delete" ;;
+    tp1) step tp1 bash -c "abprof run --tp 1 --mode both --out $W/tp1/tp1 && abprof run --mode both --out $W/tp1/plain \
+        && abprof compare $W/tp1/plain/sync $W/tp1/tp1/sync --out $W/tp1/sync.html \
+        && abprof compare $W/tp1/plain/async $W/tp1/tp1/async --out $W/tp1/async.html" ;;
     rank-scaling) step rank-scaling python3 benchmarks/rank_set_scaling.py --ranks 8 ;;
     extra) step extra bash benchmarks/h200_extra.sh "$W/extra" ;;  # whatever this session adds, in one file
     *) echo "unknown step $s" ;;
