@@ -43,7 +43,11 @@ class CpuDevice:
 
     def __init__(self, runner, worker_thread: bool):
         self.runner = runner
-        self._worker = (concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="abprof-device")
+        # OpenMP's thread count is per thread: a new thread starts with every core, whatever
+        # torch.set_num_threads said on the engine's thread, so the worker sets it again for itself.
+        self._worker = (concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="abprof-device",
+                                                              initializer=torch.set_num_threads,
+                                                              initargs=(torch.get_num_threads(),))
                         if worker_thread else None)
         self._copy_done: list[concurrent.futures.Future | None] = [None, None]
         self.streams: list = [None]

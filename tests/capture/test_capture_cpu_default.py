@@ -97,3 +97,23 @@ def test_cli_run_stderr_has_no_kineto_lines(tmp_path):
     assert "Profiler clears events" not in proc.stderr, proc.stderr
     log = out / PROFILER_LOG
     assert log.exists() and "profiler_start" in log.read_text()  # kept in the run folder, not lost
+
+
+def _omp_max_threads() -> int | None:
+    import ctypes
+
+    with open("/proc/self/maps") as f:
+        libs = sorted({part for line in f for part in line.split() if "libgomp" in part})
+    return ctypes.CDLL(libs[0]).omp_get_max_threads() if libs else None
+
+
+def test_async_worker_thread_uses_the_same_compute_threads(monkeypatch, keep_threads):
+    """OpenMP's thread count is per thread: the async loop's worker must set it for itself."""
+    from reference_engine import EngineConfig, LLMEngine
+
+    if _omp_max_threads() is None:
+        pytest.skip("torch is not built with GNU OpenMP here")
+    engine = LLMEngine(EngineConfig(model="tiny", mode="async", device="cpu", cpu_threads=1))
+    seen = engine.runner.device_side._worker.submit(_omp_max_threads).result()
+    engine.close()
+    assert seen == 1 == _omp_max_threads()
