@@ -20,7 +20,9 @@ from asyncbatch_prof.pipeline.options import RunMode, RunOptions, reproduce_comm
 
 MODES = tuple(m.value for m in RunMode)
 CUDA_DEFAULTS = dict(model="llama-1b", requests=256, prompt_len="uniform:128:1024", output_len="fixed:256")
-CPU_DEFAULTS = dict(model="tiny", requests=16, prompt_len="uniform:16:64", output_len="fixed:16")
+# 1,024 output tokens: a second or two per loop on a 2-core machine, enough steps that one preempted step
+# does not decide the run's tokens/s (16 x 16 gave sync 300 and 526 tok/s in two runs on a loaded machine).
+CPU_DEFAULTS = dict(model="tiny", requests=32, prompt_len="uniform:16:64", output_len="fixed:32")
 # Presets too large for a CPU: llama-1b's 1.2 B fp32 parameters did not finish 2 requests x 4 tokens in
 # 5 minutes on a 2-core machine (issue 19); refused in one line rather than a silent wait.
 GPU_ONLY_MODELS = ("llama-1b",)
