@@ -84,9 +84,9 @@ class LLMEngine:
         self.cuda_graphs = bool(self.runner.graphs)
         self.notes: list[str] = []  # facts a report should mention
         if device.type == "cpu":
+            worker = "; the async loop's device work runs on a worker thread" if cfg.mode == "async" else ""
             self.notes.append(f"running on the CPU with {self.cpu_threads} torch compute thread(s) of "
-                              f"{usable_cores()} usable core(s)" + (
-                                  "; the async loop's device work runs on a worker thread" if cfg.mode == "async" else ""))
+                              f"{usable_cores()} usable core(s){worker}")
         if cfg.split_prefill_decode and device.type == "cpu":
             self.notes.append("split_prefill_decode on the CPU: a mixed step's decode and prefill batches run "
                               "one after the other (no second stream)")
