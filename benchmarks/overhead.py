@@ -7,7 +7,8 @@ Method. Each loop (sync, async) runs in its own process: one engine, built and w
 workload is generated again and again, each pass under one *arm*:
 
 - ``off``: nothing but the engine;
-- ``nvml``: the NVML sampler thread only;
+- ``nvml``: the NVML sampler only, as ``abprof run`` starts it (a child process; a thread if the child
+  cannot start; each pass records which ran as ``nvml_sampler``);
 - ``default``: what ``abprof run`` does by default: torch.profiler (CPU + CUDA activity, CPU ops of every
   thread) over the default window of steps, with the NVML sampler running;
 - ``main-thread``: as default, but CPU ops recorded for the thread that started the profiler only;
@@ -112,7 +113,7 @@ def one_pass(engine, requests, arm: str, window, cuda: bool, tmp: Path) -> dict:
             "steps": len(steps), "tokens_per_s": result.tokens_per_s, "wall_s": result.wall_s,
             "profiler_step_calls_ms_max": 1e3 * max(callback_s) if callback_s else None,
             "profiler_step_calls_ms_total": 1e3 * sum(callback_s) if callback_s else None,
-            "stop_and_export_s": export_s}
+            "stop_and_export_s": export_s, "nvml_sampler": sampler.sampler if sampler is not None else None}
 
 
 def run_part(mode: str, cfg: dict, repeats: int) -> dict:

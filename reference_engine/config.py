@@ -64,6 +64,9 @@ class EngineConfig:
     split_prefill_decode: bool = False
     # Tensor parallelism: ranks (processes; see reference_engine.distributed), Megatron-style shards.
     tp_size: int = 1
+    # torch's compute threads on the CPU. None: one fewer than the usable cores (at least 1), so the compute
+    # threads never take the core of the async loop's worker or engine thread; the same in both modes.
+    cpu_threads: int | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -100,6 +103,9 @@ class EngineConfig:
             problems.append(f"split_prefill_decode must be a bool, got {self.split_prefill_decode!r}")
         if not isinstance(self.tp_size, int) or isinstance(self.tp_size, bool) or self.tp_size < 1:
             problems.append(f"tp_size must be a positive integer, got {self.tp_size!r}")
+        if self.cpu_threads is not None and (not isinstance(self.cpu_threads, int) or isinstance(self.cpu_threads, bool)
+                                             or self.cpu_threads < 1):
+            problems.append(f"cpu_threads must be None or a positive integer, got {self.cpu_threads!r}")
         if not isinstance(self.seed, int):
             problems.append(f"seed must be an integer, got {self.seed!r}")
         if problems:

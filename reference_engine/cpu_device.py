@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import os
 
 import torch
 from torch.profiler import record_function
@@ -17,12 +18,36 @@ from torch.profiler import record_function
 from reference_engine.step_inputs import StepHandle, StepPlan
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, e.g. under taskset), else the machine's count."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def set_cpu_threads(requested: int | None) -> int:
+    """Set torch's intra-op threads: ``requested``, or one fewer than the usable cores (at least 1).
+
+    Compute threads that take every core preempt the engine thread and the async loop's worker, and one
+    run's tokens/s then swings by an order of magnitude; one core left to them keeps both loops honest.
+    Returns the count set.
+    """
+    threads = requested if requested is not None else max(1, usable_cores() - 1)
+    torch.set_num_threads(threads)
+    return threads
+
+
 class CpuDevice:
     """Runs a prepared step's device work on the CPU (``worker_thread``: asynchronously)."""
 
     def __init__(self, runner, worker_thread: bool):
         self.runner = runner
-        self._worker = (concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="abprof-device")
+        # OpenMP's thread count is per thread: a new thread starts with every core, whatever
+        # torch.set_num_threads said on the engine's thread, so the worker sets it again for itself.
+        self._worker = (concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="abprof-device",
+                                                              initializer=torch.set_num_threads,
+                                                              initargs=(torch.get_num_threads(),))
                         if worker_thread else None)
         self._copy_done: list[concurrent.futures.Future | None] = [None, None]
         self.streams: list = [None]

@@ -11,6 +11,7 @@ from reference_engine.async_loop import run_async
 from reference_engine.attention import _triton_backend
 from reference_engine.block_manager import BlockManager
 from reference_engine.config import PRESETS, EngineConfig, preset_config
+from reference_engine.cpu_device import set_cpu_threads, usable_cores
 from reference_engine.follow_loop import run_follower
 from reference_engine.model import (CausalLM, init_random_weights, load_checkpoint_config,
                                     load_checkpoint_weights)
@@ -36,6 +37,8 @@ class LLMEngine:
         if self.tp and device.type == "cuda" and device.index is None:
             device = torch.device("cuda", self.rank)  # one GPU per rank
         self.device = device
+        # set before the model is built: the same compute threads in both loops, none on the loops' cores
+        self.cpu_threads = set_cpu_threads(cfg.cpu_threads) if device.type == "cpu" else None
         self.dtype = getattr(torch, cfg.dtype) if cfg.dtype else (torch.bfloat16 if device.type == "cuda"
                                                                   else torch.float32)
         self.preset = cfg.model if cfg.model in PRESETS else None
@@ -81,8 +84,9 @@ class LLMEngine:
         self.cuda_graphs = bool(self.runner.graphs)
         self.notes: list[str] = []  # facts a report should mention
         if device.type == "cpu":
-            self.notes.append("running on the CPU" + (": the async loop's device work runs on a worker thread"
-                                                      if cfg.mode == "async" else ""))
+            worker = "; the async loop's device work runs on a worker thread" if cfg.mode == "async" else ""
+            self.notes.append(f"running on the CPU with {self.cpu_threads} torch compute thread(s) of "
+                              f"{usable_cores()} usable core(s){worker}")
         if cfg.split_prefill_decode and device.type == "cpu":
             self.notes.append("split_prefill_decode on the CPU: a mixed step's decode and prefill batches run "
                               "one after the other (no second stream)")
@@ -188,6 +192,7 @@ class LLMEngine:
             "attention_backend": "triton" if (self.device.type == "cuda" and _triton_backend()) else "torch",
             "split_prefill_decode": cfg.split_prefill_decode, "tp_size": cfg.tp_size, "rank": self.rank,
             "seed": cfg.seed, "enable_eos": cfg.enable_eos, "eos_token_id": self.eos_token_id,
+            "cpu_threads": self.cpu_threads, "usable_cores": usable_cores() if self.cpu_threads else None,
         }
 
 

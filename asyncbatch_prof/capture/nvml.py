@@ -1,4 +1,8 @@
-"""NVML sampler on a background thread: utilization history, clocks, throttle reasons, power, energy, GPM.
+"""NVML sampler in a child process: utilization history, clocks, throttle reasons, power, energy, GPM.
+
+The polling runs in a child process (``nvml_child``) so that it never competes with the engine's loop for
+the GIL; when the child cannot start, a thread in this process samples instead, and ``status()`` says which
+one ran (``sampler``: ``process`` or ``thread``) and why the child did not.
 
 Utilization comes from the driver's ring buffer (``nvmlDeviceGetSamples`` with the last-seen
 timestamp), so polling once every ``buffer_poll_s`` loses nothing; the point reads (clocks, power,
@@ -12,33 +16,38 @@ No NVML, no GPU, or a call the GPU does not support: the sampler says why in ``r
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import os
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from asyncbatch_prof.capture.nvml_window import (THROTTLE_REASONS, POWER_CAP_REASON, _clock_events,  # noqa: F401
+                                                  nvml_metrics, reason_names)
+
 SERIES = ("util_pct", "mem_util_pct", "sm_clock_mhz", "mem_clock_mhz", "power_w", "energy_mj", "mem_used_mib",
           "clock_event_reasons", "gpm_sm_active_pct", "gpm_sm_occupancy_pct", "gpm_tensor_active_pct",
           "gpm_dram_bw_pct")
 
-# Reasons that are not a slowdown of a busy GPU: idle, clocks pinned by the admin, display clocks.
-_BENIGN_REASONS = 0x1 | 0x2 | 0x100
-# Throttling that invalidates a measurement: hardware slowdown, thermal (SW and HW), the HW power brake.
-# sw_power_cap (0x4) is not among them: a saturated H100/H200 runs at its power limit, and that is the
-# normal state of the part being measured; it is recorded as power_capped_pct. sync_boost (0x10) only
-# aligns the clocks of GPUs in a sync-boost group.
-THROTTLE_REASONS = 0x8 | 0x20 | 0x40 | 0x80
-POWER_CAP_REASON = 0x4
-_REASON_NAMES = {0x4: "sw_power_cap", 0x8: "hw_slowdown", 0x10: "sync_boost", 0x20: "sw_thermal",
-                 0x40: "hw_thermal", 0x80: "hw_power_brake"}
 # GPM metric ids (nvmlGpmMetricId_t) → our series.
 _GPM = {2: "gpm_sm_active_pct", 3: "gpm_sm_occupancy_pct", 5: "gpm_tensor_active_pct", 10: "gpm_dram_bw_pct"}
 
 
-def _import_pynvml():
-    import pynvml  # nvidia-ml-py
+# Names the pynvml stand-in (a module name, or a .py file): the seam by which tests give the child process a
+# fake NVML, since a child cannot see the parent's monkeypatches.
+PYNVML_ENV = "ABPROF_PYNVML"
 
-    return pynvml
+
+def _import_pynvml():
+    name = os.environ.get(PYNVML_ENV) or "pynvml"  # nvidia-ml-py
+    if not name.endswith(".py"):
+        return importlib.import_module(name)
+    spec = importlib.util.spec_from_file_location("abprof_pynvml_standin", name)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _sample_value(pynvml, value_type: int, sample) -> float:
@@ -49,7 +58,11 @@ def _sample_value(pynvml, value_type: int, sample) -> float:
 
 @dataclass
 class NvmlSampler:
-    """Background NVML sampler for one GPU (``device_index``); use as a context manager or start()/stop()."""
+    """NVML sampler for one GPU (``device_index``); use as a context manager or start()/stop().
+
+    ``process=True`` samples in a child process (the thread here is the fallback); ``interval_s`` and
+    ``buffer_poll_s`` are in seconds.
+    """
 
     device_index: int = 0
     interval_s: float = 0.1
@@ -62,8 +75,12 @@ class NvmlSampler:
     unsupported: dict[str, str] = field(default_factory=dict)
     samples: list[tuple[float, str, float]] = field(default_factory=list)
     marks: dict[str, dict[str, float]] = field(default_factory=dict)
+    process: bool = True
+    sampler: str | None = None  # "process" or "thread", once started
+    fallback: str | None = None  # why the child process did not sample
 
     def __post_init__(self) -> None:
+        self._link = None
         self._nvml = None
         self._handle = None
         self._thread: threading.Thread | None = None
@@ -76,13 +93,37 @@ class NvmlSampler:
 
     # ---- lifecycle ---------------------------------------------------------------------------------
     def start(self) -> "NvmlSampler":
-        """Open NVML and start sampling; on any failure record ``reason`` and stay unavailable."""
+        """Start sampling (a child process, else a thread); on any NVML failure record ``reason`` and stay
+        unavailable."""
+        if self.process:
+            from asyncbatch_prof.capture.nvml_child import ChildLink
+
+            try:
+                self._link, hello = ChildLink.start(self.device_index, self.interval_s, self.buffer_poll_s)
+            except Exception as exc:  # no child: sample on a thread here, and say why
+                self.fallback = f"NVML child process did not start: {_describe(exc)}"
+            else:
+                self.sampler = "process"
+                for key in ("available", "reason", "gpu_name", "driver", "gpm_supported", "unsupported"):
+                    setattr(self, key, hello[key])
+                if not self.available:
+                    self._link.close()
+                    self._link = None
+                return self
+        self.sampler = "thread"
+        if self.open():
+            self._thread = threading.Thread(target=self._loop, name="abprof-nvml", daemon=True)
+            self._thread.start()
+        return self
+
+    def open(self) -> bool:
+        """Open NVML and the GPU in this process (no sampling yet); False with ``reason`` when there is none."""
         try:
             pynvml = _import_pynvml()
             pynvml.nvmlInit()
         except Exception as exc:  # no library, no driver, no GPU: a reason, never a crash
             self.reason = f"NVML not available: {_describe(exc)}"
-            return self
+            return False
         try:
             self._handle = pynvml.nvmlDeviceGetHandleByIndex(self.device_index)
             self.gpu_name = _text(pynvml.nvmlDeviceGetName(self._handle))
@@ -90,29 +131,50 @@ class NvmlSampler:
         except Exception as exc:
             self.reason = f"NVML has no GPU {self.device_index}: {_describe(exc)}"
             _quiet(pynvml.nvmlShutdown)
-            return self
+            return False
         self._nvml = pynvml
         self.available = True
         self._init_gpm()
         now_us = time.time_ns() / 1e3
         self._last_seen = {1: int(now_us), 2: int(now_us)}  # only samples from now on
-        self._thread = threading.Thread(target=self._loop, name="abprof-nvml", daemon=True)
-        self._thread.start()
-        return self
+        return True
 
     def stop(self) -> None:
-        """Stop the thread, take the last readings and close NVML."""
+        """Stop sampling, take the last readings and close NVML (the child's samples come back here)."""
+        if self._link is not None:
+            link, self._link = self._link, None
+            self._take_child_results(link.stop())
+            return
         if not self.available or self._nvml is None:
             return
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=5.0)
+        self.close()
+
+    def close(self) -> None:
+        """The last utilization readings, then free GPM samples and shut NVML down (this process)."""
+        if self._nvml is None:
+            return
         self._poll_buffers()
         for sample in (self._gpm_prev, self._gpm_cur):
             if sample is not None:
                 _quiet(self._nvml.nvmlGpmSampleFree, sample)
         _quiet(self._nvml.nvmlShutdown)
         self._nvml = None
+
+    def _take_child_results(self, results: dict | None) -> None:
+        if results is None:
+            self.error = "NVML child process ended without returning its samples"
+            return
+        with self._lock:
+            self.samples = [tuple(sample) for sample in results["samples"]]
+        for label, entry in results["marks"].items():
+            if label in self.marks and "energy_mj" in entry:
+                self.marks[label]["energy_mj"] = entry["energy_mj"]
+        self.unsupported.update(results["unsupported"])
+        self.gpm_supported = results["gpm_supported"]
+        self.error = results["error"] or self.error
 
     def __enter__(self) -> "NvmlSampler":
         return self.start()
@@ -126,7 +188,9 @@ class NvmlSampler:
         The point series are read here too, so even a run shorter than ``interval_s`` has samples at its edges.
         """
         entry = {"epoch_us": time.time_ns() / 1e3}
-        if self.available and self._nvml is not None:
+        if self._link is not None:  # the child reads the energy counter when the mark arrives
+            self._link.send({"mark": label, "epoch_us": entry["epoch_us"]})
+        elif self.available and self._nvml is not None:
             self._poll_points(gpm=False)  # GPM samples are swapped by the thread only
             energy = self._read("energy_mj", self._nvml.nvmlDeviceGetTotalEnergyConsumption, self._handle)
             if energy is not None:
@@ -248,6 +312,10 @@ class NvmlSampler:
     def status(self) -> dict[str, Any]:
         """run.json's ``nvml`` section: whether NVML was measured, and what was not."""
         doc: dict[str, Any] = {"available": self.available, "reason": self.reason}
+        if self.sampler:
+            doc["sampler"] = self.sampler
+        if self.fallback:
+            doc["sampler_fallback"] = self.fallback
         if self.available:
             doc.update(gpu=self.gpu_name, driver=self.driver, gpm=self.gpm_supported,
                        interval_s=self.interval_s, unsupported=dict(self.unsupported))
@@ -261,26 +329,6 @@ def nvml_csv(samples: list[tuple[float, str, float]]) -> str:
     lines = ["epoch_us,series,value"]
     lines += [f"{t:.3f},{s},{v:.6g}" for t, s, v in samples]
     return "\n".join(lines) + "\n"
-
-
-def _clock_events(reasons: list[float] | None, metrics: dict[str, Any], absent: dict[str, str],
-                  why_absent: str) -> list[str]:
-    """Fill clock_throttled and power_capped_pct from the clock-event-reason samples; return the reasons seen."""
-    if not reasons:
-        absent["clock_throttled"] = absent["power_capped_pct"] = why_absent
-        return []
-    mask = 0
-    for value in reasons:
-        mask |= int(value)
-    metrics["clock_throttled"] = bool(mask & THROTTLE_REASONS)
-    capped = sum(1 for value in reasons if int(value) & POWER_CAP_REASON)
-    metrics["power_capped_pct"] = round(100.0 * capped / len(reasons), 3)
-    return reason_names(mask & ~_BENIGN_REASONS)
-
-
-def reason_names(mask: int) -> list[str]:
-    """Names of the slowdown reasons set in an NVML clock-event-reasons mask (benign bits left out)."""
-    return [name for bit, name in _REASON_NAMES.items() if mask & bit]
 
 
 def _text(value) -> str:
@@ -297,60 +345,3 @@ def _quiet(fn, *args) -> None:
         fn(*args)
     except Exception:
         pass
-
-
-def nvml_metrics(sampler: NvmlSampler, start_us: float, end_us: float,
-                 output_tokens: int) -> tuple[dict[str, Any], dict[str, str], dict[str, Any]]:
-    """Contract metrics over ``[start_us, end_us]`` (epoch µs): ``(metrics, absent, section)``.
-
-    ``nvml_util_pct`` and ``sm_active_pct`` are means of the samples in the window (%); ``joules_per_token``
-    is the total-energy counter's difference between the ``generate_start``/``generate_end`` marks (J per
-    output token); ``clock_throttled`` is true when any sample in the window carried a thermal or hardware
-    slowdown reason (THROTTLE_REASONS); ``power_capped_pct`` is the share of clock-event samples with
-    sw_power_cap set (%); ``sm_clock_mhz_mean`` is the mean SM clock (MHz).
-    """
-    metrics: dict[str, Any] = {}
-    absent: dict[str, str] = {}
-    names = ("nvml_util_pct", "sm_active_pct", "joules_per_token", "clock_throttled", "power_capped_pct",
-             "sm_clock_mhz_mean")
-    if not sampler.available:
-        why = sampler.reason or "NVML not started"
-        return {}, {n: why for n in names}, {"available": False, "reason": why}
-    window = [(t, s, v) for t, s, v in sampler.snapshot() if start_us <= t <= end_us]
-    by_series: dict[str, list[float]] = {}
-    for _, series, value in window:
-        by_series.setdefault(series, []).append(value)
-    span_s = (end_us - start_us) / 1e6
-
-    def mean_of(metric: str, series: str) -> None:
-        values = by_series.get(series)
-        if values:
-            metrics[metric] = round(sum(values) / len(values), 3)
-        elif series in sampler.unsupported or (series.startswith("gpm") and "gpm" in sampler.unsupported):
-            absent[metric] = sampler.unsupported.get(series) or sampler.unsupported["gpm"]
-        else:
-            absent[metric] = f"no {series} sample inside the measured {span_s:.3g} s"
-
-    mean_of("nvml_util_pct", "util_pct")
-    mean_of("sm_active_pct", "gpm_sm_active_pct")
-    mean_of("sm_clock_mhz_mean", "sm_clock_mhz")
-    start, end = sampler.marks.get("generate_start", {}), sampler.marks.get("generate_end", {})
-    if "energy_mj" in start and "energy_mj" in end and output_tokens > 0:
-        joules = (end["energy_mj"] - start["energy_mj"]) / 1000.0
-        metrics["joules_per_token"] = round(joules / output_tokens, 6)
-    elif output_tokens <= 0:
-        absent["joules_per_token"] = "no output tokens"
-    else:
-        absent["joules_per_token"] = sampler.unsupported.get("energy_mj", "total energy counter not read")
-    throttle_names = _clock_events(by_series.get("clock_event_reasons"), metrics, absent, sampler.unsupported.get(
-        "clock_event_reasons", f"no clock-event sample inside the measured {span_s:.3g} s"))
-    section = sampler.status()
-    section.update(window_epoch_us=[start_us, end_us], samples_in_window={k: len(v) for k, v in by_series.items()},
-                   throttle_reasons=throttle_names)
-    for series in ("sm_clock_mhz", "mem_clock_mhz", "power_w", "mem_used_mib"):
-        values = by_series.get(series)
-        if values:
-            section[series] = {"min": min(values), "mean": round(sum(values) / len(values), 3), "max": max(values)}
-    if "joules_per_token" in metrics:
-        section["energy_j"] = round((end["energy_mj"] - start["energy_mj"]) / 1000.0, 3)
-    return metrics, absent, section

@@ -9,11 +9,40 @@ format (it opens in Perfetto). ``prof.step()`` is called after every engine step
 
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 from asyncbatch_prof.errors import AbprofError
+
+
+PROFILER_LOG = "profiler.log"  # next to the trace: what Kineto writes to stderr when it starts and stops
+# torch's once-per-process note that a schedule's cycle drops the previous cycle's events: one cycle here.
+_CYCLE_WARNING = "Warning: Profiler clears events at the end of each cycle"
+
+
+@contextlib.contextmanager
+def profiler_quiet(log_path: Path | None):
+    """Around a profiler start or stop: file descriptor 2 goes to ``log_path`` (appended; os.devnull when
+    None), so that Kineto's C++ lines (``SyncActivityProfilerHandler.cpp ... profiler_start``), which no
+    environment variable silences, do not land in the middle of the progress line; and torch's
+    cycle warning is ignored."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    target = os.open(str(log_path) if log_path is not None else os.devnull, os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+                     0o644)
+    os.dup2(target, 2)
+    os.close(target)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=_CYCLE_WARNING, category=UserWarning)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +94,7 @@ class StepProfiler:
         self._prof = None
         self._ready = False
         self.all_threads = False  # whether CPU ops of every thread are recorded (set on enter)
+        self.log_path = self.trace_path.with_name(PROFILER_LOG)
 
     def _on_trace_ready(self, prof) -> None:
         # Exporting here would run inside the engine's step (hundreds of ms inside the measured
@@ -88,7 +118,8 @@ class StepProfiler:
                              schedule=schedule(wait=w.wait, warmup=w.warmup, active=w.active, repeat=1),
                              on_trace_ready=self._on_trace_ready, with_stack=self.with_stack,
                              record_shapes=False, profile_memory=False, **self._all_threads_config())
-        self._prof.__enter__()
+        with profiler_quiet(self.log_path):
+            self._prof.__enter__()
         return self
 
     def _all_threads_config(self) -> dict:
@@ -119,26 +150,36 @@ class StepProfiler:
     def step(self, step_index: int | None = None) -> None:
         """The engine's ``on_step``: advance the profiler schedule by one engine step."""
         self.steps_seen += 1
-        if self._prof is not None:
-            self._prof.step()
+        prof = self._prof
+        if prof is None:
+            return
+        if prof.schedule(prof.step_num) == prof.schedule(prof.step_num + 1):
+            prof.step()  # no start or stop in this step: nothing to keep off the terminal
+            return
+        with profiler_quiet(self.log_path):
+            prof.step()
 
     def __exit__(self, exc_type, exc, tb) -> None:
         if self._prof is not None:
             prof, self._prof = self._prof, None
-            prof.__exit__(exc_type, exc, tb)
+            with profiler_quiet(self.log_path):
+                prof.__exit__(exc_type, exc, tb)
             # a failed run's partial trace is not worth the export time
             if exc_type is None and self._ready:
                 self._export(prof)
+            if self.log_path.exists() and not self.log_path.stat().st_size:
+                self.log_path.unlink()
 
 
-def warm_up_profiler(cuda: bool) -> None:
+def warm_up_profiler(cuda: bool, log_path: Path | None = None) -> None:
     """Start and stop the profiler once on a trivial op, so its one-time start-up cost (CUPTI
-    initialisation: seconds on a GPU) is paid before the measured run, not inside one of its steps."""
+    initialisation: seconds on a GPU) is paid before the measured run, not inside one of its steps.
+    Kineto's stderr lines go to ``log_path`` (None: discarded)."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
     device = "cuda" if cuda else "cpu"
-    with profile(activities=activities):
+    with profiler_quiet(log_path), profile(activities=activities):
         x = torch.ones(8, device=device)
         (x + x).sum().item()

@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 from asyncbatch_prof.capture.environment import environment
 from asyncbatch_prof.capture.nvml import NvmlSampler, nvml_metrics
-from asyncbatch_prof.capture.profiler import ProfileWindow, StepProfiler, warm_up_profiler
+from asyncbatch_prof.capture.profiler import PROFILER_LOG, ProfileWindow, StepProfiler, warm_up_profiler
 
 StepCallback = Callable[[int], None]
 
@@ -75,7 +75,7 @@ def record(engine, requests: list, settings: RecordSettings, trace_path: Path,
     env = environment(driver=sampler.driver)
     phase("profiled run")
     cuda = str(getattr(engine, "device", "cpu")).startswith("cuda")
-    warm_up_profiler(cuda)
+    warm_up_profiler(cuda, trace_path.with_name(PROFILER_LOG))
     profiler = StepProfiler(trace_path, settings.window, with_stack=settings.with_stack, cuda=cuda)
     try:
         with profiler:

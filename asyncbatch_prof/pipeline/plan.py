@@ -21,7 +21,12 @@ from asyncbatch_prof.pipeline.options import RunMode, RunOptions, reproduce_comm
 
 MODES = tuple(m.value for m in RunMode)
 CUDA_DEFAULTS = dict(model="llama-1b", requests=256, prompt_len="uniform:128:1024", output_len="fixed:256")
-CPU_DEFAULTS = dict(model="tiny", requests=16, prompt_len="uniform:16:64", output_len="fixed:16")
+# 1,024 output tokens: a second or two per loop on a 2-core machine, enough steps that one preempted step
+# does not decide the run's tokens/s (16 x 16 gave sync 300 and 526 tok/s in two runs on a loaded machine).
+CPU_DEFAULTS = dict(model="tiny", requests=32, prompt_len="uniform:16:64", output_len="fixed:32")
+# Presets too large for a CPU: llama-1b's 1.2 B fp32 parameters did not finish 2 requests x 4 tokens in
+# 5 minutes on a 2-core machine (issue 19); refused in one line rather than a silent wait.
+GPU_ONLY_MODELS = ("llama-1b",)
 DEFAULT_ACTIVE = 64  # steps recorded by default: enough for percentiles, a trace of a few MB
 ALL_STEPS = 10**9  # "all": a window longer than any run
 
@@ -131,6 +136,9 @@ def _check_options(opts: RunOptions, mode: RunMode, engine: EngineName, cuda: bo
     _check_tp(opts, engine, cuda)
     if opts.cuda_graphs and not cuda:
         raise AbprofError("--cuda-graphs needs a CUDA device")
+    if opts.model in GPU_ONLY_MODELS and not cuda:
+        raise AbprofError(f"--model {opts.model} needs a CUDA device (on the CPU it does not finish a few tokens in "
+                          "minutes); use --model tiny on the CPU")
     if opts.requests is not None and opts.requests < 1:
         raise AbprofError(f"--requests must be >= 1, got {opts.requests}")
     if opts.warmup_runs < 0:
@@ -218,6 +226,9 @@ def plan_runs(opts: RunOptions, command: list[str] | None = None) -> RunPlan:
                              + ("" if opts.requests or opts.workload_jsonl else " with a small workload")
                              + "; GPU metrics will be absent"]
     _check_options(opts, mode, engine, cuda)
+    if opts.split_prefill_decode and not cuda:
+        # one terminal line (80 columns with "abprof: "); run.json's notes say more
+        notes.append("--split-prefill-decode falls back on the CPU: both batches run in turn")
     workload = dict(num_requests=opts.requests if opts.requests is not None else
                     (0 if opts.workload_jsonl else defaults["requests"]),
                     prompt_len=opts.prompt_len or defaults["prompt_len"],

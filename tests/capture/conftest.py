@@ -1,98 +1,26 @@
-"""Fixtures of the capture tests: a fake pynvml (a GPU that answers like an H100 without GPM or with it)."""
+"""Fixtures of the capture tests: a fake pynvml (fake_pynvml.py), in this process and in the NVML child."""
 
 from __future__ import annotations
 
-import time
-import types
+import importlib.util
+import json
+from pathlib import Path
 
 import pytest
 
 from asyncbatch_prof.capture import nvml as nvml_mod
 
-
-class NVMLError(Exception):
-    pass
-
-
-class _Union:
-    def __init__(self, value):
-        self.uiVal = value
+FAKE_PYNVML = Path(__file__).with_name("fake_pynvml.py")
+_spec = importlib.util.spec_from_file_location("abprof_fake_pynvml", FAKE_PYNVML)
+fake_pynvml = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(fake_pynvml)
+FakeNvml = fake_pynvml.FakeNvml
 
 
-class FakeNvml(types.SimpleNamespace):
-    """Enough of pynvml for the sampler: a GPU whose util buffer fills at 50 ms steps."""
-
-    NVML_CLOCK_SM, NVML_CLOCK_MEM = 1, 2
-    NVML_GPU_UTILIZATION_SAMPLES, NVML_MEMORY_UTILIZATION_SAMPLES = 1, 2
-    NVML_GPM_METRICS_GET_VERSION = 1
-
-    def __init__(self, gpm=True, reasons=0x1, energy_step_mj=1000.0):
-        super().__init__()
-        self.gpm, self.reasons, self.energy_step = gpm, reasons, energy_step_mj
-        self.energy = 5_000_000.0
-        self.last_seen_args = []
-        self.shutdown = False
-
-    def nvmlInit(self):
-        pass
-
-    def nvmlShutdown(self):
-        self.shutdown = True
-
-    def nvmlDeviceGetHandleByIndex(self, i):
-        return "h0"
-
-    def nvmlDeviceGetName(self, h):
-        return b"Fake H100"
-
-    def nvmlSystemGetDriverVersion(self):
-        return "580.1"
-
-    def nvmlDeviceGetClockInfo(self, h, kind):
-        return 1980 if kind == 1 else 2619
-
-    def nvmlDeviceGetPowerUsage(self, h):
-        return 350_000  # mW
-
-    def nvmlDeviceGetTotalEnergyConsumption(self, h):
-        self.energy += self.energy_step
-        return self.energy
-
-    def nvmlDeviceGetMemoryInfo(self, h):
-        return types.SimpleNamespace(used=2 * 2**30)
-
-    def nvmlDeviceGetCurrentClocksEventReasons(self, h):
-        return self.reasons
-
-    def nvmlDeviceGetSamples(self, h, kind, last_seen):
-        self.last_seen_args.append((kind, last_seen))
-        now = int(time.time_ns() / 1e3)
-        stamps = [t for t in range(now - 400_000, now, 50_000) if t > last_seen]
-        if not stamps:
-            raise NVMLError("Not Found")
-        value = 70 if kind == 1 else 20
-        return 1, [types.SimpleNamespace(timeStamp=t, sampleValue=_Union(value)) for t in stamps]
-
-    def nvmlGpmQueryDeviceSupport(self, h):
-        return types.SimpleNamespace(isSupportedDevice=int(self.gpm))
-
-    def nvmlGpmSampleAlloc(self):
-        return object()
-
-    def nvmlGpmSampleGet(self, h, sample):
-        return sample
-
-    def nvmlGpmSampleFree(self, sample):
-        pass
-
-    def c_nvmlGpmMetricsGet_t(self):
-        return types.SimpleNamespace(metrics=[types.SimpleNamespace(metricId=0, value=0.0) for _ in range(8)])
-
-    def nvmlGpmMetricsGet(self, get):
-        for m in get.metrics[:get.numMetrics]:
-            m.value = {2: 40.0, 3: 12.0, 5: 5.0, 10: 30.0}[m.metricId]
-        return get
-
+def use_fake_in_child(monkeypatch, **config) -> None:
+    """Make the NVML child process load the fake with ``config`` (it cannot see monkeypatches)."""
+    monkeypatch.setenv(nvml_mod.PYNVML_ENV, str(FAKE_PYNVML))
+    monkeypatch.setenv("ABPROF_FAKE_NVML", json.dumps(config))
 
 
 @pytest.fixture
@@ -100,9 +28,11 @@ def fake_nvml(monkeypatch):
     """Install a FakeNvml as the sampler's pynvml and return it (keyword args rebuild it)."""
     holder = {"fake": FakeNvml()}
     monkeypatch.setattr(nvml_mod, "_import_pynvml", lambda: holder["fake"])
+    use_fake_in_child(monkeypatch)
 
     def configure(**kwargs):
         holder["fake"] = FakeNvml(**kwargs)
+        use_fake_in_child(monkeypatch, **kwargs)
         return holder["fake"]
 
     holder["fake"].configure = configure
@@ -116,3 +46,4 @@ def no_nvml(monkeypatch):
         raise ImportError("No module named 'pynvml'")
 
     monkeypatch.setattr(nvml_mod, "_import_pynvml", broken)
+    use_fake_in_child(monkeypatch, absent=True)

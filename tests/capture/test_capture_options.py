@@ -46,7 +46,7 @@ def test_capture_plan_both_and_defaults(tmp_path):
     assert [label for label, _, _ in plan.runs] == ["sync", "async"]
     assert plan.compare_path == tmp_path / "o" / "compare.html"
     spec = plan.runs[1][1]
-    assert spec.mode == "async" and spec.engine_config["model"] == "tiny" and spec.workload["num_requests"] == 16
+    assert spec.mode == "async" and spec.engine_config["model"] == "tiny" and spec.workload["num_requests"] == 32
     assert spec.command[:4] == ["abprof", "run", "--mode", "async"]
     assert spec.command[-2:] == ["--out", str(tmp_path / "o" / "async")]
     gpu = plan_runs(RunOptions(out=tmp_path / "g", cuda=True, mode="sync"))

@@ -15,6 +15,9 @@ def test_split_flag_reaches_the_engine_and_the_trace(tmp_path, cli, no_nvml):
                  "--prompt-len", "fixed:40", "--output-len", "fixed:6", "--max-batch-tokens", "24",
                  "--engine-warmup-steps", "0", "--warmup-runs", "0", "--profile-steps", "all", "--warmup-steps", "1")
     assert result.exit_code == 0, result.output
+    # issue 20: the CPU fallback is said in one line, not only noted in run.json
+    said = [line for line in result.output.splitlines() if "--split-prefill-decode falls back on the CPU" in line]
+    assert len(said) == 1 and said[0].startswith("abprof: ")
     rf.check_complete(out)
     run = json.loads((out / rf.RUN_JSON).read_text())
     assert run["config"]["split_prefill_decode"] is True
