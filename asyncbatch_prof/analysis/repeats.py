@@ -104,16 +104,22 @@ def repeat_stats(doc: Mapping[str, Any], qualified: str) -> dict[str, Any] | Non
     return None
 
 
+def format_range(doc: Mapping[str, Any], qualified: str) -> str | None:
+    """``32,900-33,400``: the repeats' min-max range in the metric's format; None without repeats."""
+    stats = repeat_stats(doc, qualified)
+    if not stats or "min" not in stats:
+        return None
+    unit = METRICS[qualified.partition(".")[0]].unit
+    lo, hi = (format_value(qualified, stats[k]).removesuffix(f" {unit}").removesuffix(unit) for k in ("min", "max"))
+    return f"{lo}-{hi}"
+
+
 def format_spread(doc: Mapping[str, Any], qualified: str) -> str:
     """``33,113 tok/s (32,900-33,400, n=3)``: the value, and with repeats their min-max range and count."""
     value, _ = lookup(doc, qualified)
     text = format_value(qualified, value)
-    stats = repeat_stats(doc, qualified)
-    if value is None or not stats or "min" not in stats:
-        return text
-    unit = METRICS[qualified.partition(".")[0]].unit
-    lo, hi = (format_value(qualified, stats[k]).removesuffix(f" {unit}").removesuffix(unit) for k in ("min", "max"))
-    return f"{text} ({lo}-{hi}, n={stats['n']})"
+    span = format_range(doc, qualified) if value is not None else None
+    return text if span is None else f"{text} ({span}, n={repeat_stats(doc, qualified)['n']})"
 
 
 def spread_warnings(doc: Mapping[str, Any]) -> list[str]:
