@@ -41,7 +41,12 @@ def start_folder(spec: RunSpec, run_dir: Path, n: int) -> None:
 def fail_folder(run_dir: Path, reason: str) -> None:
     """Leave the mode's folder INCOMPLETE with ``reason`` (a repeat failed or was interrupted)."""
     if (run_dir / rf.INCOMPLETE).exists():
-        rf.atomic_write_text(run_dir / rf.INCOMPLETE, reason + "\n")
+        try:
+            run_doc = rf.read_json(run_dir / rf.RUN_JSON)
+            run_doc.update(reason=reason, finished_at=now_iso())
+            rf.atomic_write_json(run_dir / rf.RUN_JSON, run_doc)
+        finally:
+            rf.atomic_write_text(run_dir / rf.INCOMPLETE, reason + "\n")
 
 
 def _copy(src: Path, dst: Path) -> None:

@@ -161,3 +161,27 @@ def test_noise_verdict_uses_the_gate_test():
     assert noise_verdict([1, 2, 5], [3, 4, 6])["verdict"] == "within noise"
     assert noise_verdict([1, 2, 3, 4], [5, 6, 7, 8])["verdict"] == "beyond noise"
     assert noise_verdict([1], [2, 3])["verdict"] == "cannot tell"
+
+
+def test_a_failed_repeat_leaves_the_mode_folders_incomplete(tmp_path, monkeypatch):
+    from asyncbatch_prof.pipeline import runner
+
+    calls = {"n": 0}
+    real = runner.record
+
+    def failing_second(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("simulated failure in the second measured pass")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "record", failing_second)
+    out = tmp_path / "out"
+    result = _invoke("run", "--repeats", "2", "--mode", "sync", "--no-nvml", "--out", str(out), *SMALL)
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    rf.check_complete(out / "r1")
+    with pytest.raises(Exception, match="incomplete"):
+        rf.check_complete(out)
+    assert "r2" in (out / rf.INCOMPLETE).read_text()
+    assert json.loads((out / rf.RUN_JSON).read_text())["status"] == "incomplete"
