@@ -9,6 +9,7 @@ from pathlib import Path
 from rich.console import Console
 
 from asyncbatch_prof import runfolder as rf
+from asyncbatch_prof.capture.recorder import warm_up
 from asyncbatch_prof.cli.console import StepProgress, print_summary
 from asyncbatch_prof.errors import AbprofError
 from asyncbatch_prof.analysis.repeats import spread_warnings
@@ -53,13 +54,20 @@ def _execute_repeats(plan: RunPlan, separate: bool, err: Console) -> list[RunOut
     repeats. In this process one engine per mode is built and warmed up once and measured N times; with
     ``separate`` (transformers, both modes) every repeat runs in a process of its own."""
     reuse = ("one process per repeat (engine built and warmed up in each)" if separate else
-             "one engine per mode, built and warmed up once in this process, measured by every repeat")
+             "one engine per mode, all built and warmed up once in this process before the first measured pass")
     done: dict[str, list[RunOutcome]] = {label: [] for label, _, _ in plan.runs}
     order: dict[str, list[int]] = {label: [] for label in done}
     sessions: dict[str, EngineSession] = {}
     for label, spec, run_dir in plan.runs:
         start_folder(spec, run_dir, plan.repeats)
     try:
+        if not separate:  # every engine built and warm before the first measured pass, so all passes see one state
+            for label, spec, run_dir in plan.runs:
+                code = _prepare(label, spec, err, sessions)
+                if code:
+                    for _, _, mode_dir in plan.runs:
+                        fail_folder(mode_dir, f"building or warming up the {label} engine failed (exit {code})")
+                    return code
         for position, (label, k, spec, run_dir) in enumerate(plan.passes, 1):
             outcome = (_run_child(spec, run_dir, err) if separate else
                        _run_here(f"{label} r{k}/{plan.repeats}", spec, run_dir, err, sessions))
@@ -79,6 +87,22 @@ def _execute_repeats(plan: RunPlan, separate: bool, err: Console) -> list[RunOut
             fail_folder(mode_dir, f"merging the repeats failed: {fail_reason(exc)}")
         err.print(f"abprof: error: merging the repeats failed ({fail_reason(exc)})", highlight=False, markup=False)
         return 1
+
+
+def _prepare(label: str, spec: RunSpec, err: Console, sessions: dict[str, EngineSession]) -> int:
+    """Build and warm up the engine of ``spec``'s mode into ``sessions``; returns 0 or the exit code."""
+    try:
+        with StepProgress(err, f"{label} ({spec.engine})") as progress:
+            session = sessions[spec.mode] = build_session(spec, progress.phase)
+            warm_up(session.engine, session.requests, spec.settings, progress.on_step, progress.phase)
+            session.warmed = True
+        return 0
+    except KeyboardInterrupt:
+        err.print("abprof: interrupted while warming up", highlight=False, markup=False)
+        return 130
+    except Exception as exc:
+        err.print(f"abprof: error: {label} engine: {fail_reason(exc)}", highlight=False, markup=False)
+        return getattr(exc, "exit_code", 1)
 
 
 def _run_here(label: str, spec: RunSpec, run_dir: Path, err: Console,
