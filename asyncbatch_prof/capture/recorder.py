@@ -52,17 +52,26 @@ class Capture:
         return window.profiled_steps(self.result.num_steps)
 
 
-def record(engine, requests: list, settings: RecordSettings, trace_path: Path,
-           on_step: StepCallback | None = None, phase: Callable[[str], None] = lambda _: None) -> Capture:
-    """Warm ``engine`` up, optionally run the workload unprofiled, then run it under the profiler and NVML.
-
-    ``trace_path`` receives the trace when the window was reached. The engine is not closed here."""
-    notes = list(getattr(engine, "notes", []))
+def warm_up(engine, requests: list, settings: RecordSettings, on_step: StepCallback | None = None,
+            phase: Callable[[str], None] = lambda _: None) -> None:
+    """The unrecorded engine warm-up steps and the unprofiled warm-up passes over the workload."""
     phase("warming up")
     engine.warmup(num_steps=settings.engine_warmup_steps)
     for i in range(settings.warmup_runs):
         phase(f"warm-up pass {i + 1}/{settings.warmup_runs} over the workload (unrecorded)")
         engine.generate(requests, on_step=on_step)
+
+
+def record(engine, requests: list, settings: RecordSettings, trace_path: Path,
+           on_step: StepCallback | None = None, phase: Callable[[str], None] = lambda _: None,
+           warmed: bool = False) -> Capture:
+    """Warm ``engine`` up, optionally run the workload unprofiled, then run it under the profiler and NVML.
+
+    ``trace_path`` receives the trace when the window was reached. The engine is not closed here.
+    ``warmed``: the engine was warmed up by an earlier record() (a repeat), so its warm-ups are skipped."""
+    notes = list(getattr(engine, "notes", []))
+    if not warmed:
+        warm_up(engine, requests, settings, on_step, phase)
     overhead = None
     if settings.measure_overhead:
         phase("unprofiled run (profiler overhead)")

@@ -10,6 +10,7 @@ from rich.text import Text
 from rich.table import Table
 
 from asyncbatch_prof.analysis.contract import format_value, lookup
+from asyncbatch_prof.analysis.repeats import format_spread
 
 SUMMARY_ROWS = (
     ("tokens_per_s", "output tokens/s"), ("requests_per_s", "requests/s"),
@@ -77,7 +78,7 @@ def summary_table(labels: Sequence[str], docs: Sequence[dict[str, Any]]) -> tupl
         cells = []
         for doc in docs:
             value, reason = lookup(doc, metric)
-            cells.append(format_value(metric, value))
+            cells.append(format_spread(doc, metric))  # with repeats: median (min-max, n)
             if value is None:
                 reasons.setdefault(reason, set()).add(metric)
         table.add_row(title, *cells)

@@ -54,7 +54,8 @@ def run(**values) -> None:
     the CPU with a small workload.
 
     A folder holds trace.json.gz, nvml.csv, requests.csv, run.json, metrics.json and report.html;
-    [cyan]--mode both[/] writes OUT/sync, OUT/async and OUT/compare.html.
+    [cyan]--mode both[/] writes OUT/sync, OUT/async and OUT/compare.html; [cyan]--repeats N[/] measures
+    each mode N times (alternating) into RUN/r1..rN, with the medians and their spread in RUN.
     """
     from asyncbatch_prof.pipeline.plan import plan_runs
 

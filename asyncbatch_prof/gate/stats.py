@@ -135,3 +135,25 @@ def _asymptotic_p(u_x: float, m: int, n: int, ties: list[int], alternative: str)
 def min_possible_p(m: int, n: int) -> float:
     """The smallest one-sided p an exact test can reach with m and n samples: 1 / C(m+n, m)."""
     return 1.0 / math.comb(m + n, m)
+
+
+def noise_verdict(a: Sequence[float], b: Sequence[float], alpha: float = 0.05) -> dict:
+    """Whether repeats ``b`` differ from repeats ``a`` beyond run-to-run noise: a two-sided Mann-Whitney U
+    test (no direction was set in advance, unlike a gate budget). ``verdict``: "beyond noise" (p <= alpha),
+    "within noise" (not significant), or "cannot tell": fewer than 2 values on a side, or every value of
+    one side beyond every value of the other with counts whose smallest two-sided p exceeds alpha (3 + 3
+    repeats reach 0.10 at best)."""
+    m, n = len(a), len(b)
+    if m < 2 or n < 2:
+        return {"verdict": "cannot tell", "p_value": None, "n": [m, n],
+                "reason": "needs repeats on both sides (abprof run --repeats N)"}
+    _, p = mann_whitney_u(b, a, "two-sided")
+    floor = min(1.0, 2 * min_possible_p(m, n))
+    if p <= alpha:
+        verdict, reason = "beyond noise", f"p={p:.3g}"
+    elif floor > alpha and p <= floor * (1 + 1e-9):
+        verdict, reason = "cannot tell", (f"{m}+{n} repeats cannot reach p<={alpha:g} (smallest two-sided p "
+                                          f"{floor:.2g}); p={p:.2g}")
+    else:
+        verdict, reason = "within noise", f"p={p:.2g}"
+    return {"verdict": verdict, "p_value": p, "n": [m, n], "reason": reason}

@@ -97,6 +97,8 @@ class RunOptions:
     with_stack: bool = option(False, "Record Python stacks (costs time).", names=("--with-stack",), panel=PROFILING)
     measure_overhead: bool = option(False, "Run the workload unprofiled first and report tokens/s with and "
                                     "without the profiler.", names=("--measure-overhead",), panel=PROFILING)
+    repeats: int = option(1, "Measured (profiled) passes per mode; with --mode both the modes alternate. "
+                          "metrics.json holds the medians and their spread.", panel=PROFILING)
     nvml: bool = option(True, "Sample the GPU with NVML.", names=("--nvml/--no-nvml",), panel=PROFILING)
     out: Path | None = option(None, "Output folder (new or empty). Default: reports/<timestamp>-<mode>.",
                               show_default=False)
@@ -113,12 +115,13 @@ def flag_name(f) -> str:
     return "--" + f.name.replace("_", "-")
 
 
-def reproduce_command(opts: RunOptions, mode: str, out: Path) -> list[str]:
+def reproduce_command(opts: RunOptions, mode: str, out: Path, repeats: int | None = None) -> list[str]:
     """An ``abprof run`` command line that repeats one run exactly: every option that has a value, from
-    the declaration above (``mode`` and ``out`` are the run's own)."""
+    the declaration above (``mode``, ``out`` and, for one repeat of several, ``repeats`` are the run's own)."""
     cmd = ["abprof", "run"]
+    own = {"mode": mode, "out": out, "repeats": opts.repeats if repeats is None else repeats}
     for f in cli_fields():
-        value = {"mode": mode, "out": out}.get(f.name, getattr(opts, f.name))
+        value = own.get(f.name, getattr(opts, f.name))
         names = f.metadata["cli"].names
         if value is None:
             continue

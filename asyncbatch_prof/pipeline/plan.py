@@ -60,6 +60,9 @@ class RunPlan:
     runs: list[tuple[str, RunSpec, Path]] = field(default_factory=list)
     compare_path: Path | None = None
     notes: list[str] = field(default_factory=list)
+    repeats: int = 1
+    # with repeats > 1: every measured pass in the order it runs (modes alternating): (label, k, spec, folder)
+    passes: list[tuple[str, int, RunSpec, Path]] = field(default_factory=list)
 
 
 def estimate_steps(workload: dict, max_batch_tokens: int, max_seqs: int, requests: list | None = None) -> tuple[int, int]:
@@ -143,6 +146,8 @@ def _check_options(opts: RunOptions, mode: RunMode, engine: EngineName, cuda: bo
         raise AbprofError(f"--requests must be >= 1, got {opts.requests}")
     if opts.warmup_runs < 0:
         raise AbprofError(f"--warmup-runs must be >= 0, got {opts.warmup_runs}")
+    if opts.repeats < 1:
+        raise AbprofError(f"--repeats must be >= 1, got {opts.repeats}")
     if opts.engine_warmup_steps < 0:
         raise AbprofError(f"--engine-warmup-steps must be >= 0, got {opts.engine_warmup_steps}")
     if opts.workload_jsonl is not None and not Path(opts.workload_jsonl).is_file():
@@ -160,6 +165,8 @@ def _check_tp(opts: RunOptions, engine: EngineName, cuda: bool) -> None:
         raise AbprofError(f"--tp must be >= 1, got {opts.tp}")
     if opts.measure_overhead:
         raise AbprofError("--measure-overhead is not supported with --tp")
+    if opts.repeats > 1:  # each TP pass spawns its ranks anew; the repeat path reuses one in-process engine
+        raise AbprofError("--repeats is not supported with --tp yet: run the command several times")
     if opts.tp_overlap and not engine_has_option("tp_overlap"):
         raise AbprofError("--tp-overlap: this reference engine has no communication overlap (EngineConfig.tp_overlap)")
     if cuda:
@@ -252,19 +259,30 @@ def plan_runs(opts: RunOptions, command: list[str] | None = None) -> RunPlan:
     engine_config(mode.loops[0], {**config, "tp_size": opts.tp or 1})  # validates the engine options
     out = Path(opts.out) if opts.out is not None else Path("reports") / f"{timestamp()}-{mode}"
     check_out(out)
-    plan = RunPlan(mode=mode.value, out=out, notes=notes)
+    plan = RunPlan(mode=mode.value, out=out, notes=notes, repeats=opts.repeats)
+    settings = RecordSettings(window=window, engine_warmup_steps=opts.engine_warmup_steps,
+                              warmup_runs=opts.warmup_runs, with_stack=opts.with_stack,
+                              measure_overhead=opts.measure_overhead, nvml=opts.nvml)
+
+    def spec_of(loop: str, run_dir: Path, repeats: int | None = None) -> RunSpec:
+        return RunSpec(mode=loop, engine=engine.value, engine_config=config, workload=workload, settings=settings,
+                       command=reproduce_command(opts, loop, run_dir, repeats), argv=list(command or []),
+                       notes=list(notes), tp=opts.tp)
+
     for loop in mode.loops:
         run_dir = out / loop if mode is RunMode.BOTH else out
-        settings = RecordSettings(window=window, engine_warmup_steps=opts.engine_warmup_steps,
-                                  warmup_runs=opts.warmup_runs, with_stack=opts.with_stack,
-                                  measure_overhead=opts.measure_overhead, nvml=opts.nvml)
-        spec = RunSpec(mode=loop, engine=engine.value, engine_config=config, workload=workload, settings=settings,
-                       command=reproduce_command(opts, loop, run_dir), argv=list(command or []), notes=list(notes),
-                       tp=opts.tp)
-        plan.runs.append((loop, spec, run_dir))
+        plan.runs.append((loop, spec_of(loop, run_dir), run_dir))
+    if opts.repeats > 1:  # alternating, so a drift of the machine does not favour one mode
+        plan.passes = [(loop, k, spec_of(loop, repeat_dir(run_dir, k), 1), repeat_dir(run_dir, k))
+                       for k in range(1, opts.repeats + 1) for loop, _, run_dir in plan.runs]
     if mode is RunMode.BOTH:
         plan.compare_path = out / "compare.html"
     return plan
+
+
+def repeat_dir(run_dir: Path, k: int) -> Path:
+    """The folder of repeat ``k`` (1-based) of a run: ``RUN/r1``, ``RUN/r2``, ..."""
+    return run_dir / f"r{k}"
 
 
 def timestamp() -> str:

@@ -53,9 +53,24 @@ def fail_reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
+@dataclass
+class EngineSession:
+    """A built engine kept across repeats of one mode: built and warmed up once, before the first measured
+    pass, and closed by its owner."""
+
+    engine: Any
+    requests: list
+    warmed: bool = False
+
+    def close(self) -> None:
+        """Close the engine (frees its KV cache and threads)."""
+        self.engine.close()
+
+
 def run_one(spec: RunSpec, run_dir: Path, on_step: StepCallback | None = None,
-            on_phase: Callable[[str], None] | None = None) -> RunOutcome:
-    """Run ``spec`` into the new folder ``run_dir``; on failure leave it INCOMPLETE with the reason and re-raise."""
+            on_phase: Callable[[str], None] | None = None, session: EngineSession | None = None) -> RunOutcome:
+    """Run ``spec`` into the new folder ``run_dir``; on failure leave it INCOMPLETE with the reason and re-raise.
+    With ``session`` the run uses that engine (warming it up only the first time) and leaves it open."""
     run_dir = rf.prepare_folder(run_dir)
     run_doc: dict[str, Any] = {
         "status": "incomplete", "reason": "running", "mode": str(spec.mode), "engine": str(spec.engine),
@@ -70,7 +85,7 @@ def run_one(spec: RunSpec, run_dir: Path, on_step: StepCallback | None = None,
             from asyncbatch_prof.pipeline.tp import run_tp_capture
 
             return run_tp_capture(spec, run_dir, run_doc, on_step, on_phase or (lambda _: None))
-        return _run(spec, run_dir, run_doc, on_step, on_phase or (lambda _: None))
+        return _run(spec, run_dir, run_doc, on_step, on_phase or (lambda _: None), session)
     except BaseException as exc:
         reason = fail_reason(exc)
         run_doc.update(status="incomplete", reason=reason, finished_at=now_iso(),
@@ -83,19 +98,29 @@ def run_one(spec: RunSpec, run_dir: Path, on_step: StepCallback | None = None,
 
 
 def _run(spec: RunSpec, run_dir: Path, run_doc: dict, on_step: StepCallback | None,
-         phase: Callable[[str], None]) -> RunOutcome:
-    from asyncbatch_prof.engines import build_engine
-
-    phase("building the engine")
-    engine, requests = build_engine(spec.engine, spec.mode, spec.engine_config, spec.workload)
+         phase: Callable[[str], None], session: EngineSession | None = None) -> RunOutcome:
+    own = session is None
+    if own:
+        session = build_session(spec, phase)
     try:
-        run_doc["model"] = engine.describe()
-        capture = record(engine, requests, spec.settings, run_dir / rf.TRACE, on_step, phase)
+        run_doc["model"] = session.engine.describe()
+        capture = record(session.engine, session.requests, spec.settings, run_dir / rf.TRACE, on_step, phase,
+                         warmed=session.warmed)
+        session.warmed = True
     finally:
-        engine.close()
+        if own:
+            session.close()
     check_evidence(capture, spec)
     phase("analyzing")
     return _finish(spec, run_dir, run_doc, capture)
+
+
+def build_session(spec: RunSpec, phase: Callable[[str], None] = lambda _: None) -> EngineSession:
+    """Build the engine of ``spec`` and its workload's requests (not yet warmed up)."""
+    from asyncbatch_prof.engines import build_engine
+
+    phase("building the engine")
+    return EngineSession(*build_engine(spec.engine, spec.mode, spec.engine_config, spec.workload))
 
 
 def check_evidence(capture: Capture, spec: RunSpec) -> None:

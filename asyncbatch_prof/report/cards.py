@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from asyncbatch_prof.analysis.contract import format_value, lookup
+from asyncbatch_prof.analysis.repeats import format_range, repeat_stats, spread_warnings
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,11 +60,25 @@ def card_html(doc: Mapping[str, Any], card: Card) -> str:
             f'<div class="label">{_esc(card.label)}</div><div class="value">absent</div>'
             f'<div class="note">{_esc(reason)}</div></div>'
         )
+    stats = repeat_stats(doc, card.metric)
+    spread = ""
+    if stats and "min" in stats:  # repeats: the median, then the range and the interval of the median
+        ci = stats.get("ci95") or [stats["min"], stats["max"]]
+        spread = (f'<div class="note spread" data-n="{stats["n"]}" data-min="{stats["min"]!r}" '
+                  f'data-max="{stats["max"]!r}">median of {stats["n"]} repeats, range '
+                  f'{_esc(format_range(doc, card.metric))}; interval of the median '
+                  f'{_esc(format_value(card.metric, ci[0]))} to {_esc(format_value(card.metric, ci[1]))} '
+                  f'({_esc(stats.get("ci_method", ""))}, coverage {stats.get("ci_coverage", 0):.0%})</div>')
     return (
         f'<div class="card" data-metric="{_esc(card.metric)}" data-value="{value!r}">'
         f'<div class="label">{_esc(card.label)}</div><div class="value">{_esc(format_value(card.metric, value))}</div>'
-        f'<div class="note">{_esc(card.note)} · <code>{_esc(card.metric)}</code></div></div>'
+        f'{spread}<div class="note">{_esc(card.note)} · <code>{_esc(card.metric)}</code></div></div>'
     )
+
+
+def spread_banner(doc: Mapping[str, Any]) -> str:
+    """A warning line per metric whose repeats spread wide (analysis.repeats.WIDE_SPREAD)."""
+    return "".join(f'<p class="banner" data-warning="spread">{_esc(line)}</p>' for line in spread_warnings(doc))
 
 
 def busy_beside_nvml_html(doc: Mapping[str, Any]) -> str:
@@ -121,6 +136,11 @@ def config_html(run: Mapping[str, Any]) -> str:
                if run.get(k) is not None}
     if run.get("command"):
         summary["command"] = " ".join(map(str, run["command"]))
+    repeats = run.get("repeats")
+    if isinstance(repeats, Mapping) and repeats.get("folders"):
+        summary["repeats"] = (f"{repeats.get('n')} measured passes ({', '.join(map(str, repeats['folders']))}); "
+                              f"numbers are their medians, files and figures are {repeats.get('representative')}'s; "
+                              f"{repeats.get('engine_reuse', '')}")
     nvml = run.get("nvml") or {}
     if nvml:
         summary["nvml"] = "available" if nvml.get("available") else f"unavailable: {nvml.get('reason', 'no reason')}"

@@ -13,6 +13,7 @@ from typing import Any, Sequence
 
 from asyncbatch_prof import runfolder
 from asyncbatch_prof.analysis.contract import format_value, lookup, parse_name
+from asyncbatch_prof.analysis.repeats import format_spread
 from asyncbatch_prof.analysis.explain import explain, hardware, hardware_line, tokens_per_step, verdict
 from asyncbatch_prof.errors import AbprofError
 from asyncbatch_prof.report import cards
@@ -215,7 +216,7 @@ def _delta_table(views: Sequence[RunView], names: list[str], exs: Sequence[dict]
             if value is None:
                 cells.append(f'<td class="same" title="{html.escape(reason or "")}">absent</td>')
                 continue
-            text = html.escape(format_value(m, value))
+            text = html.escape(format_spread(view.doc, m))
             if view is not views[0]:
                 d = delta(m, label, base, value, is_slower(exs[i - 1]) if i - 1 < len(exs) else None)
                 if d.direction:

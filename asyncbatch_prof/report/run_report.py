@@ -94,6 +94,7 @@ def cards_html(doc: dict) -> str:
     return (
         cards.integrity_banner(doc)
         + cards.throttle_banner(doc)
+        + cards.spread_banner(doc)
         + '<div class="cards headline">' + "".join(cards.card_html(doc, c) for c in cards.HEADLINE) + "</div>"
         + "<h2>Why the GPU was idle</h2>"
         + '<div class="cards causes">' + "".join(cards.card_html(doc, c) for c in cards.IDLE_CAUSES) + "</div>"
