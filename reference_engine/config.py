@@ -61,6 +61,9 @@ class EngineConfig:
     split_prefill_decode: bool = False
     # Tensor parallelism: ranks (processes; see reference_engine.distributed), Megatron-style shards.
     tp_size: int = 1
+    # TP > 1: a step of two or more sequences runs as two micro-batches whose layers are interleaved, so
+    # that one's all-reduce runs under the other's GEMMs (reference_engine.tp_overlap). Same tokens.
+    tp_overlap: bool = False
 
     def __post_init__(self) -> None:
         problems = []
@@ -97,6 +100,14 @@ class EngineConfig:
             problems.append(f"split_prefill_decode must be a bool, got {self.split_prefill_decode!r}")
         if not isinstance(self.tp_size, int) or isinstance(self.tp_size, bool) or self.tp_size < 1:
             problems.append(f"tp_size must be a positive integer, got {self.tp_size!r}")
+        if not isinstance(self.tp_overlap, bool):
+            problems.append(f"tp_overlap must be a bool, got {self.tp_overlap!r}")
+        elif self.tp_overlap and self.tp_size == 1:
+            problems.append("tp_overlap needs tp_size > 1 (it hides the tensor-parallel all-reduces)")
+        elif self.tp_overlap and self.split_prefill_decode:
+            problems.append("tp_overlap and split_prefill_decode both cut a step in two; choose one")
+        elif self.tp_overlap and self.cuda_graphs:
+            problems.append("tp_overlap runs eager micro-batches; cuda_graphs must not be True")
         if not isinstance(self.seed, int):
             problems.append(f"seed must be an integer, got {self.seed!r}")
         if problems:
