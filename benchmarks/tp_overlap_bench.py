@@ -105,16 +105,20 @@ def main() -> int:
     ap.add_argument("--dtype", default=None)
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--requests", type=int, default=64)
+    ap.add_argument("--prompt-len", default="uniform:64:512")
+    ap.add_argument("--output-len", default="fixed:128")
+    ap.add_argument("--max-seqs", type=int, default=64)
+    ap.add_argument("--max-batch-tokens", type=int, default=2048)
     ap.add_argument("--out", default="tp_overlap_out")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
-    reqs = make_workload(WorkloadConfig(num_requests=args.requests, prompt_len="uniform:64:512",
-                                        output_len="fixed:128", seed=3), PRESETS[args.model]["vocab_size"])
+    reqs = make_workload(WorkloadConfig(num_requests=args.requests, prompt_len=args.prompt_len,
+                                        output_len=args.output_len, seed=3), PRESETS[args.model]["vocab_size"])
     rows = []
     for mode in ("sync", "async"):
         for overlap in (False, True):
             cfg = EngineConfig(model=args.model, mode=mode, device=args.device, dtype=args.dtype,
-                               tp_size=args.tp, tp_overlap=overlap, max_batch_tokens=2048, max_seqs=64)
+                               tp_size=args.tp, tp_overlap=overlap, max_batch_tokens=args.max_batch_tokens, max_seqs=args.max_seqs)
             run_tp(cfg, reqs)  # warm: first use of the step shapes
             tag = f"{mode}-{'overlap' if overlap else 'plain'}"
             hook = TraceHook(args.out, tag) if args.device == "cuda" else None
