@@ -52,8 +52,8 @@ def micro_batches(batch: ScheduledBatch) -> tuple[ScheduledBatch, ScheduledBatch
         if best is None or gap < best:
             cut, best = c, gap
     first, rest = list(range(cut)), list(range(cut, n))
-    order = [i for i in first if i in set(batch.sample_rows)] + [i for i in rest if i in set(batch.sample_rows)]
-    where = {i: j for j, i in enumerate(order)}
+    sampled = set(batch.sample_rows)
+    where = {i: j for j, i in enumerate(i for i in first + rest if i in sampled)}
     return sub_batch(batch, first), sub_batch(batch, rest), [where[i] for i in batch.sample_rows]
 
 

@@ -25,7 +25,9 @@ step's sampled-row order (``merge``) before sampling, so greedy and seeded sampl
 as the unsplit step (fp32; bf16 GEMMs may round differently at other row counts).
 
 The cost: every layer's GEMMs run twice on half the rows (lower GEMM efficiency for small batches,
-twice the kernel launches and the weight reads), plus one more gather of the LM head. It pays when an
+twice the kernel launches and the weight reads; each eager micro-batch is padded to a multiple of
+``TOKEN_BUCKET`` rows, so a decode step of up to 64 sequences runs two 64-row GEMMs where it ran one),
+plus one more gather of the LM head. It pays when an
 all-reduce costs about as much as a micro-batch's phase; for one sequence there is nothing to split
 and the step runs as usual. CUDA graphs stay off at TP > 1. Profiler ranges: each micro-batch phase is
 ``abprof.forward.mb0`` / ``abprof.forward.mb1`` (the attention or MLP half of one layer), a host wait
