@@ -67,6 +67,9 @@ class EngineConfig:
     # torch's compute threads on the CPU. None: one fewer than the usable cores (at least 1), so the compute
     # threads never take the core of the async loop's worker or engine thread; the same in both modes.
     cpu_threads: int | None = None
+    # TP > 1: a step of two or more sequences runs as two micro-batches whose layers are interleaved, so
+    # that one's all-reduce runs under the other's GEMMs (reference_engine.tp_overlap). Same tokens.
+    tp_overlap: bool = False
 
     def __post_init__(self) -> None:
         problems = []
@@ -106,6 +109,14 @@ class EngineConfig:
         if self.cpu_threads is not None and (not isinstance(self.cpu_threads, int) or isinstance(self.cpu_threads, bool)
                                              or self.cpu_threads < 1):
             problems.append(f"cpu_threads must be None or a positive integer, got {self.cpu_threads!r}")
+        if not isinstance(self.tp_overlap, bool):
+            problems.append(f"tp_overlap must be a bool, got {self.tp_overlap!r}")
+        elif self.tp_overlap and self.tp_size == 1:
+            problems.append("tp_overlap needs tp_size > 1 (it hides the tensor-parallel all-reduces)")
+        elif self.tp_overlap and self.split_prefill_decode:
+            problems.append("tp_overlap and split_prefill_decode both cut a step in two; choose one")
+        elif self.tp_overlap and self.cuda_graphs:
+            problems.append("tp_overlap runs eager micro-batches; cuda_graphs must not be True")
         if not isinstance(self.seed, int):
             problems.append(f"seed must be an integer, got {self.seed!r}")
         if problems:

@@ -4,6 +4,8 @@ The sync loop runs them inline on the engine thread (annotated: that is where th
 async loop runs them on a worker thread that plays the CUDA stream (not annotated: it plays the
 device), its futures playing the events: the host waits on a future inside ``abprof.sync_wait``. A
 split step runs its two batches one after the other: the CPU has no second stream to overlap them on.
+A ``tp_overlap`` step pipelines its two micro-batches (``tp_overlap``): gloo runs the all-reduces on its
+own threads.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import torch
 from torch.profiler import record_function
 
 from reference_engine.step_inputs import StepHandle, StepPlan
+from reference_engine.tp_overlap import overlapped_logits
 
 
 def usable_cores() -> int:
@@ -87,6 +90,8 @@ class CpuDevice:
             with note("abprof.forward"):
                 if plan.part2 is None:
                     logits = r.forward(plan)
+                elif r.overlap:
+                    logits = overlapped_logits(r, plan, annotate)
                 else:
                     with note("abprof.forward.decode"):
                         decode_logits = r.forward(plan)

@@ -7,7 +7,8 @@ pinned host buffer. Nothing here blocks the host: ``launch`` only enqueues, and 
 (``copy_pending``, ``StepHandle.done``) is an event the runner synchronizes inside ``abprof.sync_wait``.
 
 A split step (``split_step``) runs its first (decode) batch on the compute stream and its second on
-the prefill stream, joined by an event before the logits are merged.
+the prefill stream, joined by an event before the logits are merged. A ``tp_overlap`` step runs both
+micro-batches on the compute stream, their all-reduces on NCCL's stream (``tp_overlap``).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import torch
 from torch.profiler import record_function
 
 from reference_engine.step_inputs import StepHandle, StepPlan
+from reference_engine.tp_overlap import overlapped_logits
 
 
 class CudaDevice:
@@ -71,7 +73,12 @@ class CudaDevice:
                     r.dev64[i].copy_(self.stage64[i][k])
                     r.dev32[i][:n32].copy_(self.stage32[i][k][:n32])
                 self.ev_stage_free[k].record(self.compute_stream)
-                logits = r.forward(plan) if plan.part2 is None else self._forward_split(plan)
+                if plan.part2 is None:
+                    logits = r.forward(plan)
+                elif r.overlap:  # NCCL's own stream runs each all-reduce under the other micro-batch
+                    logits = overlapped_logits(r, plan)
+                else:
+                    logits = self._forward_split(plan)
         with record_function("abprof.sample"):
             with torch.cuda.stream(self.compute_stream):
                 tokens = r.sample(logits)

@@ -82,6 +82,8 @@ def _rank_main(rank, n, port, device_type, timeout_s, fn, args, results) -> None
     try:
         if device_type == "cuda":
             torch.cuda.set_device(rank)
+        else:  # ranks share the cores: idle intra-op threads spinning in one rank starve the other's collectives
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // n))
         dist.init_process_group("nccl" if device_type == "cuda" else "gloo", rank=rank, world_size=n,
                                 timeout=timedelta(seconds=timeout_s))
         value = fn(rank, *args)

@@ -80,7 +80,7 @@ class LLMEngine:
                                   max_seqs=cfg.max_seqs, block_size=cfg.block_size,
                                   max_model_len=self.max_model_len, device=device, cuda_graphs=graphs,
                                   worker_thread=cfg.mode == "async", split_prefill_decode=cfg.split_prefill_decode,
-                                  tp=self.tp)
+                                  tp=self.tp, tp_overlap=cfg.tp_overlap)
         self.cuda_graphs = bool(self.runner.graphs)
         self.notes: list[str] = []  # facts a report should mention
         if device.type == "cpu":
@@ -93,6 +93,9 @@ class LLMEngine:
         if self.tp:
             self.notes.append(f"tensor parallel: rank {self.rank} of {cfg.tp_size}"
                               + ("" if cfg.cuda_graphs else ", CUDA graphs off" if device.type == "cuda" else ""))
+        if cfg.tp_overlap:
+            self.notes.append("tp_overlap: steps of two or more sequences run as two micro-batches, each one's "
+                              "all-reduces under the other's computation")
         if graphs and not self.cuda_graphs:
             self.notes.append("CUDA graphs off: Triton is not available, and the reference attention "
                               "cannot be captured")
@@ -190,7 +193,8 @@ class LLMEngine:
             "kv_cache_gb": self.kv_cache.numel() * self.kv_cache.element_size() / 1e9,
             "cuda_graphs": self.cuda_graphs, "graph_batch_sizes": list(self.runner.graph_sizes),
             "attention_backend": "triton" if (self.device.type == "cuda" and _triton_backend()) else "torch",
-            "split_prefill_decode": cfg.split_prefill_decode, "tp_size": cfg.tp_size, "rank": self.rank,
+            "split_prefill_decode": cfg.split_prefill_decode, "tp_size": cfg.tp_size, "tp_overlap": cfg.tp_overlap,
+            "rank": self.rank,
             "seed": cfg.seed, "enable_eos": cfg.enable_eos, "eos_token_id": self.eos_token_id,
             "cpu_threads": self.cpu_threads, "usable_cores": usable_cores() if self.cpu_threads else None,
         }

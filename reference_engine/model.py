@@ -102,6 +102,11 @@ class Attention(nn.Module):
         self.scale = self.head_dim ** -0.5
 
     def forward(self, x, cos_sin, meta: AttentionMetadata, k_cache, v_cache):
+        return self.o_proj(self.attend(x, cos_sin, meta, k_cache, v_cache))
+
+    def attend(self, x, cos_sin, meta: AttentionMetadata, k_cache, v_cache) -> torch.Tensor:
+        """Everything before ``o_proj``: the attention output ``[T, q_size]`` (``tp_overlap`` runs
+        ``o_proj`` and its all-reduce itself)."""
         qkv = self.qkv_proj(x)
         qk, v = qkv.split([self.q_size + self.kv_size, self.kv_size], dim=-1)
         qk = fused.rope(qk.view(-1, self.num_heads + self.num_kv_heads, self.head_dim), *cos_sin)  # q, k at once
@@ -114,7 +119,7 @@ class Attention(nn.Module):
         out = paged_attention(q, k_cache, v_cache, meta, self.scale)
         if t < padded:
             out = F.pad(out, (0, 0, 0, 0, 0, padded - t))
-        return self.o_proj(out.reshape(-1, self.q_size))
+        return out.reshape(-1, self.q_size)
 
 
 class MLP(nn.Module):
@@ -126,7 +131,11 @@ class MLP(nn.Module):
         self.down_proj = nn.Linear(self.intermediate, config.hidden_size, bias=bias)
 
     def forward(self, x):
-        return self.down_proj(fused.silu_mul(self.gate_up_proj(x)))
+        return self.down_proj(self.act(x))
+
+    def act(self, x) -> torch.Tensor:
+        """Everything before ``down_proj``: ``silu(gate) * up``, ``[T, intermediate]``."""
+        return fused.silu_mul(self.gate_up_proj(x))
 
 
 class DecoderLayer(nn.Module):

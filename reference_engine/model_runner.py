@@ -31,7 +31,7 @@ from reference_engine.cuda_device import CudaDevice
 from reference_engine.cuda_graphs import capture_graphs, graph_size
 from reference_engine.sampler import SamplingParams, sample
 from reference_engine.scheduler import ScheduledBatch
-from reference_engine.split_step import merge_logits, split_batch
+from reference_engine.split_step import merge_logits, micro_batches, split_batch
 from reference_engine.step_inputs import (SAMPLE_BUCKET, TOKEN_BUCKET, HostInputs, StepHandle, StepPlan, bucket,
                                           layout)
 from reference_engine.tensor_parallel import TPGroup
@@ -42,7 +42,7 @@ __all__ = ["ModelRunner", "StepHandle", "StepPlan", "split_batch"]
 class ModelRunner:
     def __init__(self, model, kv_cache: torch.Tensor, *, max_batch_tokens: int, max_seqs: int, block_size: int,
                  max_model_len: int, device: torch.device, cuda_graphs: bool, worker_thread: bool,
-                 split_prefill_decode: bool = False, tp: TPGroup | None = None):
+                 split_prefill_decode: bool = False, tp: TPGroup | None = None, tp_overlap: bool = False):
         self.model = model
         self.tp = tp  # tensor parallelism: rank 0 broadcasts each step's inputs (``batch_broadcast``)
         self.kv_cache = kv_cache
@@ -53,7 +53,8 @@ class ModelRunner:
         self.max_t, self.max_s = max_batch_tokens, max_seqs
         self.width = -(-max_model_len // block_size)
         self.split = split_prefill_decode
-        parts = 2 if self.split else 1  # a split step's second batch has its own buffers, same layout
+        self.overlap = tp_overlap and tp is not None  # two micro-batches, pipelined (``tp_overlap``)
+        parts = 2 if self.split or self.overlap else 1  # the second batch has its own buffers, same layout
         self.host = HostInputs(self.max_t, self.max_s, self.width, parts, pin=self.is_cuda)
         self.dev64 = [torch.zeros(self.host.n64, dtype=torch.int64, device=device) for _ in range(parts)]
         self.dev32 = [torch.zeros(self.host.n32, dtype=torch.int32, device=device) for _ in range(parts)]
@@ -90,7 +91,7 @@ class ModelRunner:
     def prepare_step(self, batch: ScheduledBatch, k: int) -> StepPlan:
         """The whole step into host buffer ``k``: one batch, or a split step's two and their merge index."""
         with record_function("abprof.prepare"):
-            split = split_batch(batch) if self.split else None
+            split = split_batch(batch) if self.split else micro_batches(batch) if self.overlap else None
             if split is None:
                 return self.prepare(batch, k)
             plan = self.prepare(split[0], k)
@@ -147,21 +148,29 @@ class ModelRunner:
         """One forward batch from the device buffers ``d`` (default part 0, which the graphs read);
         returns the fp32 logits of its sampled rows."""
         d = self.dev[0] if d is None else d
-        t, b = plan.num_tokens, plan.num_seqs
         with torch.inference_mode():
-            if plan.has_gather:
-                ids, g = d["ids"][:t], d["gather"][:t]
-                ids.copy_(torch.where(g >= 0, self.prev_tokens[g.clamp(min=0)], ids))
             if plan.graph_bs:
                 assert d is self.dev[0]
+                self._gather(plan, d)
                 graph, logits = self.graphs[plan.graph_bs]
                 graph.replay()
-                return logits[:b]
-            meta = AttentionMetadata(d["slot"][:t], d["qsl"][:b + 1], d["ctx"][:b], d["bt"][:b],
-                                     plan.max_query_len, plan.max_context_len, plan.qsl_host, plan.ctx_host)
-            tp = plan.padded_tokens
-            hidden = self.model(d["ids"][:tp], d["pos"][:tp], meta, self.kv_cache)
+                return logits[:plan.num_seqs]
+            hidden = self.model(*self.model_inputs(plan, d), self.kv_cache)
             return self.model.compute_logits(hidden[d["sample"][:plan.padded_samples]])[:plan.num_samples]
+
+    def model_inputs(self, plan: StepPlan, d: dict) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
+        """An eager batch's (ids, positions, attention metadata) from device buffers ``d``, the tokens
+        sampled by the previous step gathered into the ids."""
+        t, b = plan.num_tokens, plan.num_seqs
+        self._gather(plan, d)
+        meta = AttentionMetadata(d["slot"][:t], d["qsl"][:b + 1], d["ctx"][:b], d["bt"][:b],
+                                 plan.max_query_len, plan.max_context_len, plan.qsl_host, plan.ctx_host)
+        return d["ids"][:plan.padded_tokens], d["pos"][:plan.padded_tokens], meta
+
+    def _gather(self, plan: StepPlan, d: dict) -> None:
+        if plan.has_gather:
+            ids, g = d["ids"][:plan.num_tokens], d["gather"][:plan.num_tokens]
+            ids.copy_(torch.where(g >= 0, self.prev_tokens[g.clamp(min=0)], ids))
 
     def merge(self, first: torch.Tensor, second: torch.Tensor, plan: StepPlan) -> torch.Tensor:
         """A split step's two logits in the step's sampled-row order."""

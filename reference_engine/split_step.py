@@ -5,6 +5,9 @@ first batch and every other row (prefill chunks) the second. On CUDA the second 
 stream so that memory-bound decode and compute-bound prefill kernels can overlap (``cuda_device``); on
 the CPU the two run one after the other. The two batches' logits meet, in the step's sampled-row order,
 before sampling, so sampling sees the unsplit step.
+
+``micro_batches`` cuts a step into two halves of rows for ``tp_overlap`` (see ``tp_overlap``), merged
+back the same way.
 """
 
 from __future__ import annotations
@@ -31,6 +34,27 @@ def split_batch(batch: ScheduledBatch) -> tuple[ScheduledBatch, ScheduledBatch, 
     where = {i: j for j, i in enumerate(dec)}
     where.update((i, len(dec) + j) for j, i in enumerate(i for i in rest if i in sampled))
     return sub_batch(batch, dec), sub_batch(batch, rest), [where[i] for i in batch.sample_rows]
+
+
+def micro_batches(batch: ScheduledBatch) -> tuple[ScheduledBatch, ScheduledBatch, list[int]] | None:
+    """``tp_overlap``: a step of two or more rows → (its first rows, the rest, merge index), or None.
+
+    The cut keeps rows contiguous and balances the two halves' token counts (a long prefill chunk can
+    still make them uneven: rows are not split). ``merge`` as in ``split_batch``.
+    """
+    n = len(batch.seqs)
+    if n < 2:
+        return None
+    total, seen, cut, best = batch.num_tokens, 0, 1, None
+    for c in range(1, n):
+        seen += batch.lens[c - 1]
+        gap = abs(total - 2 * seen)
+        if best is None or gap < best:
+            cut, best = c, gap
+    first, rest = list(range(cut)), list(range(cut, n))
+    sampled = set(batch.sample_rows)
+    where = {i: j for j, i in enumerate(i for i in first + rest if i in sampled)}
+    return sub_batch(batch, first), sub_batch(batch, rest), [where[i] for i in batch.sample_rows]
 
 
 def sub_batch(batch: ScheduledBatch, rows: list[int]) -> ScheduledBatch:

@@ -79,6 +79,18 @@ class RowParallelLinear(nn.Module):
         dist.all_reduce(out, group=self.group)
         return out
 
+    def start(self, x: torch.Tensor) -> tuple[torch.Tensor, object]:
+        """The GEMM, then its all-reduce issued without waiting: → (output, work). The output holds the
+        sum only after ``work.wait()`` (gloo: blocks the host; NCCL: orders the current stream after it)."""
+        out = nn.functional.linear(x, self.weight, self.bias)
+        return out, all_reduce_async(out, self.group)
+
+
+def all_reduce_async(tensor: torch.Tensor, group) -> object:
+    """Sum ``tensor`` over ``group`` in place, asynchronously (``async_op=True``); → the work handle.
+    One function so that a test can record the order in which the collectives are issued."""
+    return dist.all_reduce(tensor, group=group, async_op=True)
+
 
 def _rows(linear: nn.Linear, spans: list[tuple[int, int]]) -> nn.Linear:
     """A column-parallel shard: the output rows ``spans`` of ``linear``, concatenated."""
