@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Device session driver for the H200 (benchmarks/h100_session.sh was the H100's): install abprof on the GPU
+# Device session driver (the H200's, and the H100's through h100_session.sh): install abprof on the GPU
 # machine (torch 2.11 there; plotly/orjson/msgspec carried as wheels in .whl/), run the given steps in the
 # background, and bring back what they wrote.
 #
@@ -62,7 +62,6 @@ run_steps() {
         && abprof compare $W/tp1/plain/sync $W/tp1/tp1/sync --out $W/tp1/sync.html \
         && abprof compare $W/tp1/plain/async $W/tp1/tp1/async --out $W/tp1/async.html" ;;
     rank-scaling) step rank-scaling python3 benchmarks/rank_set_scaling.py --ranks 8 ;;
-    extra) step extra bash benchmarks/h200_extra.sh "$W/extra" ;;  # whatever this session adds, in one file
     *) echo "unknown step $s" ;;
   esac; done
   touch "$W/DONE"
