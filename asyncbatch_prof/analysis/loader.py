@@ -29,7 +29,8 @@ import msgspec
 import numpy as np
 
 from asyncbatch_prof.analysis.errors import TraceError
-from asyncbatch_prof.analysis.reader import CappedReader, event_chunks, first_byte_check, max_trace_bytes
+from asyncbatch_prof.analysis.reader import EVENT_DEPTH, CappedReader, event_chunks, first_byte_check, max_trace_bytes
+from asyncbatch_prof.analysis.reader import shallow
 from asyncbatch_prof.analysis.reader import NotParsed as _NotParsed
 from asyncbatch_prof.analysis.reader import loads as _loads
 
@@ -105,6 +106,14 @@ class _Event(msgspec.Struct, tag_field="ph", tag="X", gc=False):
 _OTHER_PHASES = {ph: msgspec.defstruct(f"_Phase{i}", [], tag_field="ph", tag=ph, gc=False)
                  for i, ph in enumerate("BEiICbneNODPRSTpFstfM()")}
 _DECODER = msgspec.json.Decoder(list[Union[(_Event, *_OTHER_PHASES.values())]])  # type: ignore[misc]
+
+
+def _typed(chunk: bytes) -> list | None:
+    """The chunk's typed records, None where they do not decode (the generic path takes it)."""
+    try:
+        return _DECODER.decode(chunk)
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+        return None
 _PHASE_CODES = {_Event: 1, **{_OTHER_PHASES[ph]: 2 for ph in "stf"}, _OTHER_PHASES["M"]: 3}
 _GET = {f: operator.attrgetter(f) for f in ("cat", "name", "pid", "tid", "ts", "dur", "args", "correlation",
                                              "bytes")}
@@ -130,7 +139,12 @@ class _Columns:
         type, else generic (orjson dicts) so that odd values take the same path as a whole-file parse."""
         try:
             events = _DECODER.decode(chunk)
-        except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
+        except RecursionError:  # nested past every decoder's limit, below the fields read: cut to null
+            chunk = shallow(chunk)
+            events = _typed(chunk)
+        except (msgspec.ValidationError, msgspec.DecodeError):
+            events = None
+        if events is None:
             self.add(_loads(chunk))
             return
         try:
@@ -383,7 +397,7 @@ def _tail(head: bytes, tail: bytes, columns: _Columns) -> dict[str, Any] | None:
         if end < 0:
             return None
         try:
-            header = _loads(head + b"[]" + tail[end + 1:])
+            header = _loads(head + b"[]" + tail[end + 1:], EVENT_DEPTH + 1)
         except _NotParsed:
             continue
         if not isinstance(header, dict):
@@ -400,7 +414,7 @@ def _tail(head: bytes, tail: bytes, columns: _Columns) -> dict[str, Any] | None:
 def _whole_document(path: Path, data: bytes, columns: _Columns) -> dict[str, Any]:
     first_byte_check(path, data[:4096])
     try:
-        doc = _loads(data)
+        doc = _loads(data, EVENT_DEPTH + 1)
     except _NotParsed as exc:
         raise TraceError(f"{path} is not valid JSON ({exc})") from None
     if isinstance(doc, list):

@@ -178,19 +178,57 @@ def event_chunks(reader: CappedReader) -> Iterator[tuple[str, bytes | memoryview
             return
 
 
+_STRUCTURAL = re.compile(rb'[\\"\[\]{}]')
+EVENT_DEPTH = 3  # the chunk's array, an event, its args: every field the analysis reads is at most this deep
+
+
+def shallow(data: bytes | bytearray | memoryview, max_depth: int = EVENT_DEPTH) -> bytes:
+    """``data`` (JSON) with every array or object opened deeper than ``max_depth`` replaced by ``null``: a
+    value nested past the decoders' recursion limit, somewhere the analysis never reads, no longer fails
+    the whole chunk. Iterative, strings and escapes respected; for the rare chunk that needs it."""
+    data = bytes(data)
+    out, last, depth, cut, in_str, escaped = bytearray(), 0, 0, None, False, -1
+    for m in _STRUCTURAL.finditer(data):
+        p = m.start()
+        if p == escaped:
+            continue
+        c = data[p]
+        if in_str:
+            if c == 0x5C:  # backslash: the next byte is escaped
+                escaped = p + 1
+            elif c == 0x22:
+                in_str = False
+        elif c == 0x22:
+            in_str = True
+        elif c in (0x5B, 0x7B):
+            depth += 1
+            if depth == max_depth + 1:
+                cut = p
+        elif c in (0x5D, 0x7D):
+            if depth == max_depth + 1 and cut is not None:
+                out += data[last:cut] + b"null"
+                last, cut = p + 1, None
+            depth -= 1
+    return bytes(out + data[last:])
+
+
 class NotParsed(Exception):
     """A chunk or document that does not parse as JSON (the reason in its message)."""
 
 
-def loads(data: bytes | bytearray | memoryview) -> Any:
+def loads(data: bytes | bytearray | memoryview, depth: int = EVENT_DEPTH) -> Any:
     """orjson, falling back to the stdlib for what orjson refuses (integers beyond 64 bits, NaN, lone
-    surrogates); NotParsed where neither parses it, nesting too deep included."""
+    surrogates); NotParsed where neither parses it. A value nested past the parsers' limits and deeper than
+    ``depth`` (where nothing is read; an array of events by default) is read as null (:func:`shallow`)."""
     try:
         return orjson.loads(data)
     except orjson.JSONDecodeError:
         pass
     try:
-        return json.loads(bytes(data))
+        try:
+            return json.loads(bytes(data))
+        except RecursionError:
+            return json.loads(shallow(data, depth))
     except RecursionError:
         raise NotParsed("nesting too deep") from None
     except (ValueError, TypeError) as exc:

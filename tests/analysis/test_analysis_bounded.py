@@ -134,3 +134,12 @@ def test_lone_surrogate_in_a_name_is_read_and_written(cli, tmp_path, trace_build
     result = cli("analyze", path, "--out", tmp_path)
     assert result.exit_code == 0 and "Traceback" not in result.output, result.output
     json.loads((tmp_path / "metrics.json").read_text())
+
+
+def test_shallow_cuts_only_below_the_depth_and_reads_strings_as_strings():
+    from asyncbatch_prof.analysis.reader import shallow
+
+    chunk = rb'[{"ph": "X", "args": {"x": [[1, 2], {"q": "]\"[{"}], "bytes": 4}}, {"name": "[[[\\"}]'
+    assert json.loads(shallow(chunk)) == [{"ph": "X", "args": {"x": None, "bytes": 4}}, {"name": "[[[\\"}]
+    assert shallow(chunk, 5) == chunk  # nothing deeper than 5: unchanged
+    assert shallow(b"[" + b"[" * 100_000 + b"]" * 100_000 + b"]") == b"[[[null]]]"
