@@ -61,6 +61,7 @@ run_steps() {
     tp1) step tp1 bash -c "abprof run --tp 1 --mode both --out $W/tp1/tp1 && abprof run --mode both --out $W/tp1/plain \
         && abprof compare $W/tp1/plain/sync $W/tp1/tp1/sync --out $W/tp1/sync.html \
         && abprof compare $W/tp1/plain/async $W/tp1/tp1/async --out $W/tp1/async.html" ;;
+    graph-cupti) step graph-cupti python3 benchmarks/graph_cupti.py --out "$W/graph-cupti" ;;
     rank-scaling) step rank-scaling python3 benchmarks/rank_set_scaling.py --ranks 8 ;;
     *) echo "unknown step $s" ;;
   esac; done

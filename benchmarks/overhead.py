@@ -4,23 +4,40 @@
     python3 benchmarks/overhead.py --dry-run --out /tmp/o          # CPU, tiny preset, seconds (CI smoke)
 
 Method. Each loop (sync, async) runs in its own process: one engine, built and warmed up once, then the same
-workload is generated again and again, each pass under one *arm*:
+workload is generated again and again. In a pass the recording is switched on and off in blocks across the
+steady decode steps (every sequence decoding, no prefill, no finished request): ``off`` steps with nothing
+recording, then ``warm`` steps with the recording on but left out (as abprof run's profiler warm-up step),
+then ``on`` steps, recorded and measured, and again (the NVML sampler, below, is measured by whole passes). Each step's wall time comes from the engine's own
+(start, end) timestamps (``GenerateResult.step_spans_s``, always on); starting and stopping the recording
+happens between steps, so it is outside the timed steps and is reported on its own. A pass's overhead is
+its median ``on`` step over its median ``off`` step, minus one (the first ``off`` step after each stop is
+left out): the recorded steps are compared with unrecorded steps of the same batch a few steps away, in
+the same pass. Passes of whole-run length vary by up to 10% from pass to pass in the sync loop (host-side
+Python time), which a comparison across passes cannot tell from the profiler. Every *arm* runs once per
+repeat, in an order rotated from repeat to repeat; over the repeats: the mean and a 95% t-interval.
 
-- ``off``: nothing but the engine;
-- ``nvml``: the NVML sampler only, as ``abprof run`` starts it (a child process; a thread if the child
-  cannot start; each pass records which ran as ``nvml_sampler``);
-- ``default``: what ``abprof run`` does by default: torch.profiler (CPU + CUDA activity, CPU ops of every
-  thread) over the default window of steps, with the NVML sampler running;
-- ``main-thread``: as default, but CPU ops recorded for the thread that started the profiler only;
-- ``cuda-only``: as default, but CUDA activity only (runtime calls and GPU records, no CPU ops).
+Arms. The NVML sampler runs through every pass, as abprof run runs it through the whole run; the profiler
+arms switch torch.profiler on in the ``warm`` and ``on`` blocks:
 
-Every pass records each step's (start, end) on the engine's own clock (``GenerateResult.step_spans_s``,
-always on). A pass's step time is the mean wall time of the profiled window's steps; the profiler's start
-(the schedule's first ``step()``), its stop and the trace export happen between steps or after the pass,
-so they are outside the timed steps and are reported on their own. The arms of one repeat run back to back
-in an order rotated from repeat to repeat (so slow drift of the machine does not favour one arm); an arm's
-overhead in a repeat is its step time over the ``off`` pass of the same repeat, minus one. Over the repeats:
-the mean overhead and a 95% confidence interval (Student's t over the repeats).
+- ``default``: what abprof run records by default: CPU ops of every thread and CUDA activity
+  (``capture.profiler.profiler_settings``);
+- ``main-thread``: as default, CPU ops of the profiler's own thread only;
+- ``cuda-only``: CUDA activity only (runtime calls and GPU records, no CPU ops);
+- ``cpu-only``: CPU ops and annotations only, no GPU records (what recording CPU ops alone costs; the
+  analysis needs GPU records, so this is a diagnosis, not a candidate default).
+
+``nvml``: the sampler itself (a child process, whose start is too slow to switch it between
+steps) is measured by pairs of whole unprofiled passes, one with it and one without, back to back in
+alternating order: its overhead is the ratio of the two passes' median steady step, minus one.
+
+Kineto leaves CUPTI attached once a profiler has started in the process (it detaches only with
+``TEARDOWN_CUPTI=1``, which on torch 2.11 + CUDA 13.0 loses the GPU records of every other profiler session:
+``benchmarks/graph_cupti.py``), and abprof run starts one (its profiler warm-up) before the run; so the ``off``
+steps here run as abprof run's unprofiled steps do, with CUPTI attached. What that attachment costs is
+measured on its own (``lingering``): the host time of one replay of the engine's largest decode CUDA graph
+before any profiler has started and after everything else, the time of the first profiler start and stop
+in the process, and whole unprofiled passes before and after one pass recorded as abprof run records it.
+``launches`` is the host time of that graph replay under each arm.
 """
 
 from __future__ import annotations
@@ -43,11 +60,12 @@ if str(REPO) not in sys.path:  # runs from a checkout whether or not the package
 
 PRESETS = {
     "full": dict(model="llama-1b", requests=256, prompt="uniform:128:1024", output="fixed:256", max_seqs=256,
-                 max_batch_tokens=2048, repeats=5),
+                 max_batch_tokens=2048, repeats=5, steady=(80, 250), blocks=(6, 2, 6)),
     "dry": dict(model="tiny", requests=8, prompt="uniform:16:32", output="fixed:32", max_seqs=8,
-                max_batch_tokens=128, repeats=2),
+                max_batch_tokens=128, repeats=2, steady=(6, 30), blocks=(2, 1, 2)),
 }
-ARMS = ("off", "nvml", "default", "main-thread", "cuda-only")
+PROFILER_ARMS = ("default", "main-thread", "cuda-only", "cpu-only")
+ARMS = ("nvml",) + PROFILER_ARMS
 WARMUP_STEPS = 2  # abprof run's --warmup-steps default
 # two-sided 97.5% quantiles of Student's t (df 1..10); the normal 1.96 beyond
 T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
@@ -64,66 +82,177 @@ def mean_ci95(values: list[float]) -> tuple[float, list[float] | None]:
 
 
 # ---- one loop, in its own process ---------------------------------------------------------------
-def _capture():
-    """The capture pieces abprof run uses (profiler, window, NVML sampler)."""
+def phase_of(k: int, cfg: dict) -> str:
+    """``pre`` (before the steady steps), then ``off``, ``warm``, ``on`` blocks in turn."""
+    lo, _ = cfg["steady"]
+    off, warm, on = cfg["blocks"]
+    if k < lo:
+        return "pre"
+    j = (k - lo) % (off + warm + on)
+    return "off" if j < off else "warm" if j < off + warm else "on"
+
+
+class Recording:
+    """What a profiler arm switches on for a block: a torch.profiler (no schedule)."""
+
+    def __init__(self, arm: str, cuda: bool):
+        self.arm, self.cuda = arm, cuda
+        self.prof = None
+
+    def start(self) -> None:
+        from torch.profiler import profile
+
+        from asyncbatch_prof.capture.profiler import profiler_quiet, profiler_settings
+
+        options = {"default": {}, "main-thread": {"all_threads": False}, "cuda-only": {"cpu": False},
+                   "cpu-only": {"cpu": True}}[self.arm]
+        kwargs = profiler_settings(self.cuda and self.arm != "cpu-only", **options)
+        kwargs.pop("all_threads")
+        self.prof = profile(**kwargs)
+        with profiler_quiet(None):
+            self.prof.__enter__()
+
+    def stop(self) -> None:
+        from asyncbatch_prof.capture.profiler import profiler_quiet
+
+        if self.prof is not None:
+            with profiler_quiet(None):
+                self.prof.__exit__(None, None, None)
+            self.prof = None
+
+
+class Nvml:
+    """The NVML sampler over a whole pass, as abprof run runs it over the whole run (GPU only)."""
+
+    def __init__(self, on: bool):
+        self.sampler = None
+        if on:
+            from asyncbatch_prof.capture.nvml import NvmlSampler
+            self.sampler = NvmlSampler()
+
+    def __enter__(self):
+        if self.sampler is not None:
+            self.sampler.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.sampler is not None:
+            self.sampler.stop()
+
+
+def nvml_pair(engine, requests, cuda: bool, cfg: dict, first_with: bool) -> dict:
+    """Two consecutive unprofiled passes, one with the NVML sampler running: its cost per step."""
+    medians = {}
+    for with_nvml in (first_with, not first_with):
+        with Nvml(cuda and with_nvml) as n:
+            medians[with_nvml] = steady_median_ms(engine.generate(requests), cfg)
+        sampler = n.sampler.sampler if n.sampler is not None else None
+    return {"arm": "nvml", "on_ms_median": medians[True], "off_ms_median": medians[False],
+            "overhead_pct": 100 * (medians[True] / medians[False] - 1), "nvml_sampler": sampler,
+            "switch_ms_max": None}
+
+
+def blocks_pass(engine, requests, arm: str, cuda: bool, cfg: dict) -> dict:
+    """One pass of the workload with the profiler arm switched on in the ``warm`` and ``on`` blocks (the NVML
+    sampler runs the whole pass)."""
+    rec = Recording(arm, cuda)
+    switch_s = []
+    active = False
+
+    def on_step(i: int) -> None:
+        nonlocal active
+        t = time.perf_counter()
+        if not active and phase_of(i + 1, cfg) == "warm" and i + 1 < cfg["steady"][1]:
+            rec.start()
+            active = True
+        elif active and phase_of(i + 1, cfg) == "off":
+            rec.stop()
+            active = False
+        else:
+            return
+        switch_s.append(time.perf_counter() - t)
+
+    try:
+        with Nvml(cuda):
+            result = engine.generate(requests, on_step=on_step)
+    finally:
+        if active:
+            rec.stop()
+    lo, hi = cfg["steady"]
+    hi = min(hi, result.num_steps - 1)
+    on, off = [], []
+    for k in range(lo, hi):
+        ms = 1e3 * (result.step_spans_s[k][1] - result.step_spans_s[k][0])
+        if phase_of(k, cfg) == "on":
+            on.append(ms)
+        elif phase_of(k, cfg) == "off" and phase_of(k - 1, cfg) != "on":
+            off.append(ms)
+    return {"arm": arm, "on_ms_median": statistics.median(on), "off_ms_median": statistics.median(off),
+            "on_steps": len(on), "off_steps": len(off),
+            "overhead_pct": 100 * (statistics.median(on) / statistics.median(off) - 1),
+            "switch_ms_max": 1e3 * max(switch_s) if switch_s else None,
+            "switch_ms_total": 1e3 * sum(switch_s) if switch_s else None}
+
+
+def steady_median_ms(result, cfg) -> float:
+    lo, hi = cfg["steady"]
+    return statistics.median(1e3 * (e - s) for s, e in result.step_spans_s[lo:min(hi, result.num_steps - 1)])
+
+
+def graph_replay_us(engine, cuda: bool, reps: int = 200) -> float | None:
+    """Host time (median, us) of one replay of the engine's largest decode CUDA graph."""
+    import torch
+
+    graphs = getattr(engine.runner, "graphs", None) if cuda else None
+    if not graphs:
+        return None
+    graph, _ = graphs[max(graphs)]
+    times = []
+    for _ in range(reps):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        graph.replay()
+        times.append(1e6 * (time.perf_counter() - t))
+    torch.cuda.synchronize()
+    return statistics.median(times)
+
+
+def abprof_like_pass(engine, requests, window, cuda: bool, tmp: Path) -> dict:
+    """One pass as abprof run records it: profiler warm-up, NVML, the default window, export."""
     from asyncbatch_prof.capture.nvml import NvmlSampler
-    from asyncbatch_prof.capture.profiler import ProfileWindow, StepProfiler, warm_up_profiler
-    return NvmlSampler, ProfileWindow, StepProfiler, warm_up_profiler
+    from asyncbatch_prof.capture.profiler import StepProfiler, warm_up_profiler
 
-
-def _window(cfg: dict, workload: dict):
-    from asyncbatch_prof.pipeline.plan import default_window
-
-    return default_window(workload, cfg["max_batch_tokens"], cfg["max_seqs"], WARMUP_STEPS)
-
-
-def _profiler_kwargs(arm: str):
-    """What the arm changes in StepProfiler: recorded activities and whether every thread's CPU ops are kept."""
-    return {"default": {}, "main-thread": {"all_threads": False}, "cuda-only": {"cpu": False}}[arm]
-
-
-def one_pass(engine, requests, arm: str, window, cuda: bool, tmp: Path) -> dict:
-    """Generate the workload once under ``arm``; the profiled window's step times and the out-of-step costs."""
-    NvmlSampler, _, StepProfiler, _ = _capture()
-    sampler = NvmlSampler() if arm != "off" and cuda else None
+    sampler = NvmlSampler() if cuda else None
     if sampler is not None:
         sampler.start()
-    callback_s: list[float] = []
-    export_s = None
+    calls = []
     try:
-        if arm in ("off", "nvml"):
-            result = engine.generate(requests)
-        else:
-            profiler = StepProfiler(tmp / f"{arm}.json.gz", window, cuda=cuda, **_profiler_kwargs(arm))
-            with profiler:
-                def step(i: int) -> None:
-                    t = time.perf_counter()
-                    profiler.step(i)
-                    callback_s.append(time.perf_counter() - t)
-                result = engine.generate(requests, on_step=step)
-                t_exit = time.perf_counter()
-            export_s = time.perf_counter() - t_exit
-            (tmp / f"{arm}.json.gz").unlink(missing_ok=True)
+        warm_up_profiler(cuda)
+        profiler = StepProfiler(tmp / "abprof-like.json.gz", window, cuda=cuda)
+        with profiler:
+            def step(i: int) -> None:
+                t = time.perf_counter()
+                profiler.step(i)
+                calls.append(time.perf_counter() - t)
+            engine.generate(requests, on_step=step)
+            t_exit = time.perf_counter()
+        export_s = time.perf_counter() - t_exit
     finally:
         if sampler is not None:
             sampler.stop()
-    first, last = window.first, min(window.first + window.active, result.num_steps) - 1
-    steps = [e - s for s, e in result.step_spans_s[first:last + 1]]
-    return {"arm": arm, "step_ms_mean": 1e3 * statistics.fmean(steps), "step_ms_median": 1e3 * statistics.median(steps),
-            "steps": len(steps), "tokens_per_s": result.tokens_per_s, "wall_s": result.wall_s,
-            "profiler_step_calls_ms_max": 1e3 * max(callback_s) if callback_s else None,
-            "profiler_step_calls_ms_total": 1e3 * sum(callback_s) if callback_s else None,
-            "stop_and_export_s": export_s, "nvml_sampler": sampler.sampler if sampler is not None else None}
+    (tmp / "abprof-like.json.gz").unlink(missing_ok=True)
+    return {"window_start_stop_ms_max": 1e3 * max(calls), "stop_and_export_s": export_s}
 
 
 def run_part(mode: str, cfg: dict, repeats: int) -> dict:
     import torch
 
+    from asyncbatch_prof.capture.profiler import ProfileWindow
+    from asyncbatch_prof.pipeline.plan import default_window
     from reference_engine import EngineConfig, LLMEngine, WorkloadConfig, make_workload
 
-    _, ProfileWindow, _, warm_up_profiler = _capture()
     workload = dict(num_requests=cfg["requests"], prompt_len=cfg["prompt"], output_len=cfg["output"], seed=0)
-    first, active = _window(cfg, workload)
+    first, active = default_window(workload, cfg["max_batch_tokens"], cfg["max_seqs"], WARMUP_STEPS)
     window = ProfileWindow(wait=first - WARMUP_STEPS, warmup=WARMUP_STEPS, active=active)
     engine = LLMEngine(EngineConfig(model=cfg["model"], mode=mode, max_seqs=cfg["max_seqs"],
                                     max_batch_tokens=cfg["max_batch_tokens"], seed=0))
@@ -131,36 +260,45 @@ def run_part(mode: str, cfg: dict, repeats: int) -> dict:
     requests = make_workload(WorkloadConfig(**workload), vocab_size=engine.vocab_size)
     engine.warmup()
     engine.generate(requests)  # abprof run's unprofiled warm-up pass
-    warm_up_profiler(cuda)
-    passes = []
+    lingering = {"graph_replay_us_before_any_profiler": graph_replay_us(engine, cuda),
+                 "passes_before_ms": [steady_median_ms(engine.generate(requests), cfg) for _ in range(3)]}
+    from asyncbatch_prof.capture.profiler import warm_up_profiler
+    t = time.perf_counter()
+    warm_up_profiler(cuda)  # the process's first profiler start and stop (CUPTI initialisation)
+    lingering["first_profiler_start_stop_s"] = time.perf_counter() - t
+    lingering["graph_replay_us_after_first_profiler"] = graph_replay_us(engine, cuda)
     with tempfile.TemporaryDirectory() as tmp:
-        for r in range(repeats):
-            order = ARMS[r % len(ARMS):] + ARMS[:r % len(ARMS)]
-            for arm in order:
-                passes.append({"repeat": r, **one_pass(engine, requests, arm, window, cuda, Path(tmp))})
-                print(json.dumps(passes[-1]), flush=True)
+        lingering["abprof_like_pass"] = abprof_like_pass(engine, requests, window, cuda, Path(tmp))
+    lingering["passes_after_ms"] = [steady_median_ms(engine.generate(requests), cfg) for _ in range(3)]
+    print(json.dumps(lingering), flush=True)
+    passes = []
+    for r in range(repeats):
+        for arm in ARMS[r % len(ARMS):] + ARMS[:r % len(ARMS)]:
+            one = nvml_pair(engine, requests, cuda, cfg, r % 2 == 0) if arm == "nvml" else \
+                blocks_pass(engine, requests, arm, cuda, cfg)
+            passes.append({"repeat": r, **one})
+            print(json.dumps(passes[-1]), flush=True)
+    launches = {"off": graph_replay_us(engine, cuda)}
+    for arm in PROFILER_ARMS:
+        rec = Recording(arm, cuda)
+        rec.start()
+        try:
+            launches[arm] = graph_replay_us(engine, cuda)
+        finally:
+            rec.stop()
+    lingering["graph_replay_us_after_everything"] = graph_replay_us(engine, cuda)
     engine.close()
     arms = {}
-    for arm in ARMS[1:]:
-        pct = []
-        for r in range(repeats):
-            off = next(p for p in passes if p["repeat"] == r and p["arm"] == "off")
-            on = next(p for p in passes if p["repeat"] == r and p["arm"] == arm)
-            pct.append(100 * (on["step_ms_mean"] / off["step_ms_mean"] - 1))
-        mean, ci = mean_ci95(pct)
+    for arm in ARMS:
         mine = [p for p in passes if p["arm"] == arm]
-        arms[arm] = {"overhead_pct": mean, "ci95": ci, "per_repeat_pct": pct,
-                     "stop_and_export_s_median": _median([p["stop_and_export_s"] for p in mine]),
-                     "profiler_step_calls_ms_max": _max([p["profiler_step_calls_ms_max"] for p in mine])}
-    return {"mode": mode, "window": {"first": window.first, "last": window.first + window.active - 1},
+        mean, ci = mean_ci95([p["overhead_pct"] for p in mine])
+        arms[arm] = {"overhead_pct": mean, "ci95": ci, "per_repeat_pct": [p["overhead_pct"] for p in mine],
+                     "switch_ms_max": _max([p["switch_ms_max"] for p in mine])}
+    return {"mode": mode, "steady_steps": list(cfg["steady"]), "blocks_off_warm_on": list(cfg["blocks"]),
+            "abprof_window": {"first": window.first, "last": window.first + window.active - 1},
             "engine": engine.describe(), "cuda": cuda, "device_name": torch.cuda.get_device_name(0) if cuda else "cpu",
-            "arms": arms, "passes": passes,
+            "arms": arms, "passes": passes, "lingering": lingering, "graph_replay_us": launches,
             "overhead_pct": arms["default"]["overhead_pct"], "ci95": arms["default"]["ci95"]}
-
-
-def _median(xs):
-    xs = [x for x in xs if x is not None]
-    return statistics.median(xs) if xs else None
 
 
 def _max(xs):
@@ -188,14 +326,19 @@ def fmt_ci(ci) -> str:
     return "-" if ci is None else f"[{ci[0]:+.2f}, {ci[1]:+.2f}]"
 
 
+def _f(x, fmt=".1f") -> str:
+    return "-" if x is None else format(x, fmt)
+
+
 def markdown(doc: dict) -> str:
     env = doc["environment"]
     lines = ["# The cost of measuring: profiler and NVML overhead per profiled step", "",
              f"- GPU: {env['gpu']}, driver {env['driver']}, CUDA {env['cuda']}, torch {env['torch']}, "
              f"Python {env['python']}; {env['date_utc']}" + (" — DRY RUN (CPU, tiny preset)" if env["dry_run"] else ""),
              f"- Command: `{doc['command']}`", "", (__doc__ or "").split("Method. ", 1)[1].strip(), "",
-             "| loop | arm | overhead per profiled step (mean) | 95% CI | per repeat | stop + export s |",
+             "| loop | arm | overhead per recorded step (mean) | 95% CI | per repeat | start/stop ms (max) |",
              "|---|---|---|---|---|---|"]
+    parts = [(m, doc[m]) for m in ("sync", "async") if "arms" in doc.get(m, {})]
     for mode in ("sync", "async"):
         part = doc.get(mode)
         if not part or "arms" not in part:
@@ -204,9 +347,30 @@ def markdown(doc: dict) -> str:
         for arm, a in part["arms"].items():
             reps = ", ".join(f"{x:+.1f}" for x in a["per_repeat_pct"])
             lines.append(f"| {mode} | {arm} | {a['overhead_pct']:+.2f}% | {fmt_ci(a['ci95'])} | {reps} | "
-                         f"{'-' if a['stop_and_export_s_median'] is None else format(a['stop_and_export_s_median'], '.2f')} |")
-    lines += ["", "Window: steps " + ", ".join(f"{m} {doc[m]['window']['first']}-{doc[m]['window']['last']}"
-                                               for m in ("sync", "async") if "window" in doc.get(m, {})), ""]
+                         f"{_f(a['switch_ms_max'], '.0f')} |")
+    lines += ["", "Steps: " + "; ".join(f"{m}: steady steps {p['steady_steps'][0]}-{p['steady_steps'][1]}, blocks "
+                                         f"off/warm/on {'/'.join(map(str, p['blocks_off_warm_on']))}, abprof run's "
+                                         f"window {p['abprof_window']['first']}-{p['abprof_window']['last']}"
+                                         for m, p in parts), "",
+              "Host time of one replay of the engine's largest decode CUDA graph (median of 200, us): before any "
+              "profiler started in the process, just after the first one stopped, under each arm, and with nothing "
+              "recording at the end:", "",
+              "| loop | before any profiler | after the first | " + " | ".join(PROFILER_ARMS) + " | off, at the end |",
+              "|---|---|---|" + "---|" * len(PROFILER_ARMS) + "---|"]
+    for m, p in parts:
+        g, ling = p["graph_replay_us"], p["lingering"]
+        lines.append(f"| {m} | {_f(ling['graph_replay_us_before_any_profiler'])} | "
+                     f"{_f(ling['graph_replay_us_after_first_profiler'])} | "
+                     + " | ".join(_f(g.get(a)) for a in PROFILER_ARMS) + f" | {_f(ling['graph_replay_us_after_everything'])} |")
+    lines += ["", "Unprofiled whole passes (median steady step, ms) before and after one pass recorded as abprof run "
+              "records it:", "", "| loop | before | after | first profiler start + stop s | window start/stop ms (max) | stop + export s |",
+              "|---|---|---|---|---|---|"]
+    for m, p in parts:
+        ling, a = p["lingering"], p["lingering"]["abprof_like_pass"]
+        lines.append(f"| {m} | {', '.join(_f(x, '.3f') for x in ling['passes_before_ms'])} | "
+                     f"{', '.join(_f(x, '.3f') for x in ling['passes_after_ms'])} | "
+                     f"{_f(ling['first_profiler_start_stop_s'], '.2f')} | {_f(a['window_start_stop_ms_max'], '.0f')} | "
+                     f"{_f(a['stop_and_export_s'], '.2f')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -236,6 +400,7 @@ def main(argv=None) -> int:
         try:
             proc = subprocess.run(cmd, timeout=args.timeout, capture_output=True, text=True)
             err = None if proc.returncode == 0 else (proc.stderr.strip().splitlines() or ["exit"])[-1]
+            (out / f"overhead-{mode}.log").write_text(proc.stdout + proc.stderr)
         except subprocess.TimeoutExpired:
             err = f"timed out after {args.timeout} s"
         doc[mode] = json.loads(part_file.read_text()) if part_file.exists() and err is None else {"error": err}

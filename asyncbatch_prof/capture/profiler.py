@@ -73,6 +73,38 @@ class ProfileWindow:
         return f"steps {self.first}–{self.first + self.active - 1} (after {self.warmup} profiler warm-up steps)"
 
 
+def profiler_settings(cuda: bool, cpu: bool = True, all_threads: bool = True, with_stack: bool = False) -> dict:
+    """``torch.profiler.profile`` keyword arguments (no schedule) for abprof's recording: CPU ops and
+    annotations (``cpu``; of every thread with ``all_threads``) and CUDA activity (``cuda``).
+    ``experimental_config`` is left out when torch cannot record every thread (then the dict's
+    ``all_threads`` key, popped by the caller, says False)."""
+    from torch.profiler import ProfilerActivity
+
+    activities = ([ProfilerActivity.CPU] if cpu or not cuda else []) + ([ProfilerActivity.CUDA] if cuda else [])
+    kwargs = {"activities": activities, "with_stack": with_stack, "record_shapes": False, "profile_memory": False}
+    config = _all_threads_config() if cpu and all_threads else None
+    if config is not None:
+        kwargs["experimental_config"] = config
+    kwargs["all_threads"] = config is not None
+    return kwargs
+
+
+def _all_threads_config():
+    """CPU ops are recorded per thread by default: only the thread that started the profiler. Engines
+    that launch from a worker or background thread need every thread (torch >= 2.8 can)."""
+    try:
+        from torch._C._profiler import _ExperimentalConfig
+    except ImportError:
+        return None
+    try:  # trace_only: no Python event objects built when the window closes (inside an engine step)
+        return _ExperimentalConfig(profile_all_threads=True, trace_only=True)
+    except TypeError:
+        try:
+            return _ExperimentalConfig(profile_all_threads=True)
+        except TypeError:
+            return None
+
+
 class StepProfiler:
     """Context manager: ``with StepProfiler(path, window) as p: engine.generate(..., on_step=p.step)``.
 
@@ -109,37 +141,17 @@ class StepProfiler:
 
     def __enter__(self) -> "StepProfiler":
         import torch
-        from torch.profiler import ProfilerActivity, profile, schedule
+        from torch.profiler import profile, schedule
 
         cuda = torch.cuda.is_available() if self.cuda is None else self.cuda
-        activities = ([ProfilerActivity.CPU] if self.cpu or not cuda else []) + ([ProfilerActivity.CUDA] if cuda else [])
+        kwargs = profiler_settings(cuda, self.cpu, self.want_all_threads, self.with_stack)
+        self.all_threads = kwargs.pop("all_threads")
         w = self.window
-        self._prof = profile(activities=activities,
-                             schedule=schedule(wait=w.wait, warmup=w.warmup, active=w.active, repeat=1),
-                             on_trace_ready=self._on_trace_ready, with_stack=self.with_stack,
-                             record_shapes=False, profile_memory=False, **self._all_threads_config())
+        self._prof = profile(schedule=schedule(wait=w.wait, warmup=w.warmup, active=w.active, repeat=1),
+                             on_trace_ready=self._on_trace_ready, **kwargs)
         with profiler_quiet(self.log_path):
             self._prof.__enter__()
         return self
-
-    def _all_threads_config(self) -> dict:
-        """CPU ops are recorded per thread by default: only the thread that started the profiler. Engines
-        that launch from a worker or background thread need every thread (torch >= 2.8 can)."""
-        if not (self.cpu and self.want_all_threads):
-            return {}
-        try:
-            from torch._C._profiler import _ExperimentalConfig
-        except ImportError:
-            return {}
-        try:  # trace_only: no Python event objects built when the window closes (inside an engine step)
-            config = _ExperimentalConfig(profile_all_threads=True, trace_only=True)
-        except TypeError:
-            try:
-                config = _ExperimentalConfig(profile_all_threads=True)
-            except TypeError:
-                return {}
-        self.all_threads = True
-        return {"experimental_config": config}
 
     def describe(self) -> dict:
         """run.json's ``profiler`` section: the schedule and what the trace can hold."""
@@ -173,8 +185,14 @@ class StepProfiler:
 
 def warm_up_profiler(cuda: bool, log_path: Path | None = None) -> None:
     """Start and stop the profiler once on a trivial op, so its one-time start-up cost (CUPTI
-    initialisation: seconds on a GPU) is paid before the measured run, not inside one of its steps.
-    Kineto's stderr lines go to ``log_path`` (None: discarded)."""
+    initialisation: 0.06-0.08 s on the H200, reports/h200/overhead.md) is paid before the measured run,
+    not inside it.
+    Kineto's stderr lines go to ``log_path`` (None: discarded).
+
+    CUPTI stays attached from here on: Kineto detaches it only with ``TEARDOWN_CUPTI=1``, which on torch 2.11
+    + CUDA 13.0 loses the GPU records of every other profiler session (benchmarks/graph_cupti.py, H200), so
+    abprof leaves it unset; attached, it makes every CUDA graph launch cost more on the host with nothing
+    recording (reports/h200/overhead.md measures how much)."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 

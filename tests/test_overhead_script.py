@@ -1,0 +1,79 @@
+"""benchmarks/overhead.py on the CPU (the --dry-run end to end, each loop in its own process) and its block
+layout; benchmarks/graph_cupti.py's page from the committed H200 results."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_blocks_alternate_off_warm_on_after_the_steady_start():
+    ov = load("overhead")
+    cfg = {"steady": (10, 40), "blocks": (3, 1, 2)}
+    phases = [ov.phase_of(k, cfg) for k in range(8, 24)]
+    assert phases == ["pre", "pre"] + ["off"] * 3 + ["warm"] + ["on"] * 2 + ["off"] * 3 + ["warm"] + ["on"] * 2 \
+        + ["off"] * 2
+
+
+def test_mean_ci95_is_a_t_interval():
+    ov = load("overhead")
+    mean, ci = ov.mean_ci95([1.0, 2.0, 3.0])
+    assert mean == 2.0 and ci == pytest.approx([2.0 - 4.303 / 3 ** 0.5, 2.0 + 4.303 / 3 ** 0.5])
+    assert ov.mean_ci95([5.0]) == (5.0, None)
+
+
+@pytest.fixture(scope="module")
+def dry_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("overhead")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "overhead.py"), "--dry-run", "--out", str(out)],
+                          capture_output=True, text=True, timeout=280, cwd=out, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return out, json.loads((out / "overhead.json").read_text())
+
+
+def test_dry_run_reports_every_arm_of_both_loops(dry_run):
+    out, doc = dry_run
+    for mode in ("sync", "async"):
+        summary = doc["summary"][mode]
+        assert summary["overhead_pct"] == doc[mode]["arms"]["default"]["overhead_pct"]
+        lo, hi = summary["ci95"]
+        assert lo <= summary["overhead_pct"] <= hi
+        part = doc[mode]
+        assert set(part["arms"]) == {"nvml", "default", "main-thread", "cuda-only", "cpu-only"}
+        blocks = [p for p in part["passes"] if p["arm"] != "nvml"]
+        # tiny preset: steady steps 6-30 in blocks of 2 off / 1 warm / 2 on; the first off step after a stop
+        # is left out, so one off step per block counts
+        assert all(p["on_steps"] >= 8 and p["off_steps"] >= 4 for p in blocks)
+        assert all(p["switch_ms_max"] is not None for p in blocks)
+        assert len(part["lingering"]["passes_before_ms"]) == 3
+    md = (out / "overhead.md").read_text()
+    assert "DRY RUN" in md and "| sync | default |" in md and "| async | cpu-only |" in md
+
+
+def test_graph_cupti_page_shows_the_lost_records_under_teardown(tmp_path):
+    gc = load("graph_cupti")
+    runs = [REPO / "reports" / "h200" / "graph-cupti.json", REPO / "reports" / "h200" / "graph-cupti-teardown.json"]
+    assert gc.main(["--out", str(tmp_path), "--render", *map(str, runs)]) == 0
+    md = (tmp_path / "graph-cupti.md").read_text()
+    assert md == (REPO / "reports" / "h200" / "graph-cupti.md").read_text()
+    torn = json.loads(runs[1].read_text())
+    assert torn["teardown_cupti_env"] == "1"
+    # with teardown, the CPU+CUDA sessions after the first recorded no GPU activity at all
+    assert [torn[k]["cpu+cuda"]["gpu_events_in_trace"] for k in ("before", "after-init", "inside")] == [0, 0, 0]
+    assert json.loads(runs[0].read_text())["before"]["cpu+cuda"]["gpu_events_in_trace"] > 0
