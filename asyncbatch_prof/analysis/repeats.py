@@ -149,3 +149,20 @@ def representative(docs: Sequence[Mapping[str, Any]]) -> int:
         return 0
     ranked = sorted(range(len(docs)), key=lambda i: (rates[i], i))
     return ranked[(len(docs) - 1) // 2]
+
+
+def noise_between(base_doc: Mapping[str, Any], doc: Mapping[str, Any], metric: str) -> dict | None:
+    """Whether ``doc``'s repeats of ``metric`` differ from ``base_doc``'s beyond run-to-run noise: the gate's
+    Mann-Whitney test (:func:`~asyncbatch_prof.analysis.stats.noise_verdict`); None when neither run has
+    repeats of it."""
+    from asyncbatch_prof.analysis.stats import noise_verdict
+
+    a, b = repeat_stats(base_doc, metric), repeat_stats(doc, metric)
+    if not (a and "values" in a and "min" in a) and not (b and "values" in b and "min" in b):
+        return None
+    values = [s["values"] if s and "min" in s else [] for s in (a, b)]
+    if not values[0] or not values[1]:  # one side measured once: the other's spread says nothing about it
+        values = [v or [None] for v in values]
+        return {"verdict": "cannot tell", "p_value": None, "n": [len(v) for v in values],
+                "reason": "only one side has repeats (abprof run --repeats N on both)"}
+    return noise_verdict(*values)

@@ -63,8 +63,8 @@ def _print_table(views, warning: str | None, exs) -> None:
     from rich.table import Table
 
     from asyncbatch_prof.analysis.contract import lookup
-    from asyncbatch_prof.analysis.repeats import format_spread
-    from asyncbatch_prof.report.compare import COMPARED, delta, is_slower, run_names
+    from asyncbatch_prof.analysis.repeats import format_spread, noise_between
+    from asyncbatch_prof.report.compare import COMPARED, delta, is_slower, noise_lines, run_names
 
     from rich.text import Text
 
@@ -89,7 +89,7 @@ def _print_table(views, warning: str | None, exs) -> None:
                 d = delta(metric, label, base, value, is_slower(exs[i - 1]))
                 if d.direction:
                     text += f" [{styles[d.direction]}]{d.change} ({d.direction})[/]"
-                noise = noise_of(views[0].doc, view.doc, metric)
+                noise = noise_between(views[0].doc, view.doc, metric)
                 if noise is not None and d.direction not in (None, "same"):
                     text += f" [dim]{noise['verdict']}[/]"
             cells.append(text)
@@ -109,44 +109,6 @@ def _print_table(views, warning: str | None, exs) -> None:
     console.print(table)
     for line in noise_lines(views, names):
         console.print(Text(printable(line), style="dim"))
-
-
-def noise_of(base_doc: dict, doc: dict, metric: str) -> dict | None:
-    """The gate's Mann-Whitney test on the two runs' repeats of ``metric`` (gate.stats.noise_verdict); None
-    when neither run has repeats of it."""
-    from asyncbatch_prof.analysis.repeats import repeat_stats
-    from asyncbatch_prof.gate.stats import noise_verdict
-
-    a, b = repeat_stats(base_doc, metric), repeat_stats(doc, metric)
-    if not (a and "values" in a and "min" in a) and not (b and "values" in b and "min" in b):
-        return None
-    values = [s["values"] if s and "min" in s else [] for s in (a, b)]
-    if not values[0] or not values[1]:  # one side measured once: the other's spread says nothing about it
-        values = [v or [None] for v in values]
-        return {"verdict": "cannot tell", "p_value": None, "n": [len(v) for v in values],
-                "reason": "only one side has repeats (abprof run --repeats N on both)"}
-    return noise_verdict(*values)
-
-
-def noise_lines(views, names) -> list[str]:
-    """What the noise verdicts of the table mean, and the headline metrics' verdicts in words."""
-    from asyncbatch_prof.report.compare import COMPARED
-
-    lines = []
-    for view, name in zip(views[1:], names[1:]):
-        for metric, label in COMPARED:
-            if metric not in ("tokens_per_s", "gpu_idle_pct.step", "gpu_idle_pct.kernel"):
-                continue
-            noise = noise_of(views[0].doc, view.doc, metric)
-            if noise is not None:
-                lines.append(f"{label}, {name} against {names[0]}: {noise['verdict']} ({noise['reason']})")
-    if lines:
-        lines.append("noise: two-sided Mann-Whitney U on the repeats' values, alpha 0.05 (the gate's test); "
-                     "without repeats on both sides compare cannot tell a difference from noise")
-    elif len(views) > 1:
-        lines.append("noise: no repeats in these runs, so compare cannot tell a difference from run-to-run "
-                     "noise (abprof run --repeats N)")
-    return lines
 
 
 def compare(
@@ -176,9 +138,6 @@ def compare(
         views, warning = load_comparison(runs, force)
         if as_json:
             doc = comparison_json(views, warning)
-            by_name = dict(zip(doc["runs"], views))
-            for row in doc["deltas"]:
-                row["noise"] = noise_of(views[0].doc, by_name[row["run"]].doc, row["metric"])
             typer.echo(json.dumps(doc, indent=2))
         else:
             _print_table(views, warning, explanations(views))

@@ -20,7 +20,7 @@ from .evaluate import (
     run_gate,
 )
 from .spec import Check, GateConfigError, GateSpec, find_config, load_config, make_check, merge, parse_option
-from .stats import aggregate, mann_whitney_u
+from asyncbatch_prof.analysis.stats import aggregate, mann_whitney_u
 
 __all__ = [
     "EXIT_INVALID", "EXIT_NO_BASELINE", "EXIT_PASS", "EXIT_REGRESSION", "EXIT_USAGE",

@@ -34,7 +34,7 @@ from asyncbatch_prof.errors import AbprofError
 from asyncbatch_prof.runfolder import INCOMPLETE, RUN_JSON, MetricsDocError, load_metrics, read_json
 
 from .spec import ABSOLUTE_KINDS, Check, GateSpec, default_checks
-from .stats import aggregate, mann_whitney_u, min_possible_p
+from asyncbatch_prof.analysis.stats import aggregate, mann_whitney_u, min_possible_p
 
 EXIT_PASS, EXIT_REGRESSION, EXIT_USAGE, EXIT_NO_BASELINE, EXIT_INVALID = 0, 1, 2, 3, 4
 

@@ -19,7 +19,7 @@ from asyncbatch_prof import __version__
 from asyncbatch_prof.analysis.contract import parse_name
 
 from .evaluate import CheckResult, GateResult
-from .stats import aggregate
+from asyncbatch_prof.analysis.stats import aggregate
 
 # GitHub refuses a step summary over 1024 KiB; stay well under it.
 SUMMARY_LIMIT_BYTES = 1_000_000

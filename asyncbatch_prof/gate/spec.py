@@ -44,7 +44,7 @@ from typing import Any, Iterable, Mapping
 from asyncbatch_prof.analysis.contract import Metric, UnknownMetricError, parse_name
 from asyncbatch_prof.errors import AbprofError
 
-from .stats import AGGREGATES
+from asyncbatch_prof.analysis.stats import AGGREGATES
 
 if sys.version_info >= (3, 11):
     import tomllib

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 
 from asyncbatch_prof import runfolder
 from asyncbatch_prof.analysis.contract import format_value, lookup, parse_name
-from asyncbatch_prof.analysis.repeats import format_spread
+from asyncbatch_prof.analysis.repeats import format_spread, noise_between
 from asyncbatch_prof.analysis.explain import explain, hardware, hardware_line, tokens_per_step, verdict
 from asyncbatch_prof.errors import AbprofError
 from asyncbatch_prof.report import cards
@@ -125,14 +125,16 @@ def is_slower(ex: dict) -> bool | None:
 
 def comparison_json(views: Sequence[RunView], warning: str | None = None) -> dict:
     """``compare --json``: runs, the explanation of the second run against the first (all in
-    ``explanations``), and the metric deltas with directions consistent with the verdicts."""
+    ``explanations``), and the metric deltas with directions consistent with the verdicts, each with its
+    noise verdict (None without repeats)."""
     names = run_names(views)
     exs = explanations(views)
     rows = []
     for name, view, ex in zip(names[1:], views[1:], exs):
         for d in deltas(views[0].doc, view.doc, is_slower(ex)):
             rows.append({"run": name, "metric": d.metric, "label": d.label, "base": d.base, "value": d.value,
-                         "change": d.change, "direction": d.direction})
+                         "change": d.change, "direction": d.direction,
+                         "noise": noise_between(views[0].doc, view.doc, d.metric)})
     return {"runs": names, "baseline": names[0], "workload_warning": warning, "explanation": exs[0],
             "explanations": exs, "deltas": rows, "tokens": tokens_comparison(views)}
 
@@ -205,6 +207,28 @@ def run_names(views: Sequence[RunView]) -> list[str]:
     return names
 
 
+NOISE_CHECKED = ("tokens_per_s", "gpu_idle_pct.step", "gpu_idle_pct.kernel")
+
+
+def noise_lines(views: Sequence[RunView], names: Sequence[str]) -> list[str]:
+    """What the noise verdicts of the deltas mean, and the headline metrics' verdicts in words."""
+    lines = []
+    for view, name in zip(views[1:], names[1:]):
+        for metric, label in COMPARED:
+            if metric not in NOISE_CHECKED:
+                continue
+            noise = noise_between(views[0].doc, view.doc, metric)
+            if noise is not None:
+                lines.append(f"{label}, {name} against {names[0]}: {noise['verdict']} ({noise['reason']})")
+    if lines:
+        lines.append("noise: two-sided Mann-Whitney U on the repeats' values, alpha 0.05 (the gate's test); "
+                     "without repeats on both sides compare cannot tell a difference from noise")
+    elif len(views) > 1:
+        lines.append("noise: no repeats in these runs, so compare cannot tell a difference from run-to-run "
+                     "noise (abprof run --repeats N)")
+    return lines
+
+
 def _delta_table(views: Sequence[RunView], names: list[str], exs: Sequence[dict] = ()) -> str:
     head = "<tr><th>metric</th>" + "".join(f"<th>{html.escape(n)}</th>" for n in names) + "</tr>"
     rows = []
@@ -221,6 +245,10 @@ def _delta_table(views: Sequence[RunView], names: list[str], exs: Sequence[dict]
                 d = delta(m, label, base, value, is_slower(exs[i - 1]) if i - 1 < len(exs) else None)
                 if d.direction:
                     text += f' <span class="{d.direction}">{html.escape(d.change)}</span>'
+                noise = noise_between(views[0].doc, view.doc, m) if d.direction not in (None, "same") else None
+                if noise is not None:
+                    text += (f' <span class="noise" title="{html.escape(noise["reason"])}">'
+                             f'{html.escape(noise["verdict"])}</span>')
             cells.append(f'<td data-metric="{m}" data-value="{value!r}">{text}</td>')
         rows.append("<tr>" + "".join(cells) + "</tr>")
     return f'<table class="deltas">{head}{"".join(rows)}</table>'
@@ -242,7 +270,8 @@ def render_comparison(views: Sequence[RunView], warning: str | None = None, plot
             page.add(f'<p class="sub">{html.escape(ex["hardware_line"])} (sampled over the whole run)</p>')
         slot = FigureSlot("waterfall", "Explanation", waterfall_figure(ex, (ex["a"], ex["b"])), ex.get("absent"))
         page.add(page.figure(slot))
-    page.add("<h2>Deltas</h2>" + _delta_table(views, names, exs))
+    page.add("<h2>Deltas</h2>" + _delta_table(views, names, exs)
+             + "".join(f'<p class="sub noise-line">{html.escape(line)}</p>' for line in noise_lines(views, names)))
     grid = f'<div class="grid" style="grid-template-columns:repeat({len(views)},minmax(0,1fr))">'
     page.add("<h2>Headline numbers</h2>" + grid + "".join(
         f'<div class="run" data-run="{html.escape(n)}"><h3>{html.escape(n)}</h3>{cards_html(v.doc)}</div>'

@@ -31,7 +31,7 @@ padding:8px 12px;min-width:150px;flex:0 1 180px}.card .label{font-size:12px;colo
 overflow-wrap:anywhere}td.absent{color:#999;font-style:italic}
 table.deltas{border-collapse:collapse;background:white;font-size:13px}table.deltas th,table.deltas td{
 border:1px solid #e3e3e3;padding:3px 8px;text-align:right}table.deltas td:first-child{text-align:left}
-.better{color:#1b7a1b;font-weight:600}.worse{color:#b71c1c;font-weight:600}.same{color:#666}.neutral{color:#8a6d00;font-weight:600}.verdict{font-size:1.05em;font-weight:600}
+.better{color:#1b7a1b;font-weight:600}.worse{color:#b71c1c;font-weight:600}.same{color:#666}.noise{color:#666;font-style:italic}.neutral{color:#8a6d00;font-weight:600}.verdict{font-size:1.05em;font-weight:600}
 code{font-size:11px}
 """
 

@@ -3,6 +3,7 @@ the spread in the summary and in compare (with the noise verdict), and the gate 
 
 from __future__ import annotations
 
+import html
 import json
 import statistics
 
@@ -102,6 +103,19 @@ def test_compare_prints_spread_and_noise_verdict(repeated, tmp_path):
     as_json = _invoke("compare", str(out / "sync"), str(out / "async"), "--out", str(tmp_path), "--json")
     rows = {r["metric"]: r for r in json.loads(as_json.stdout.split("\ncomparison:")[0])["deltas"]}
     assert rows["tokens_per_s"]["noise"]["n"] == [3, 3]
+    page = (tmp_path / "compare.html").read_text()  # the page says it too, beside the deltas and below them
+    assert f"output tokens/s, async against sync: {verdict}" in page and "Mann-Whitney" in page
+    if rows["tokens_per_s"]["direction"] not in (None, "same"):
+        reason = html.escape(rows["tokens_per_s"]["noise"]["reason"])
+        assert f'<span class="noise" title="{reason}">{verdict}</span>' in page
+
+
+def test_compare_page_without_repeats_says_it_cannot_tell(repeated, tmp_path):
+    out, _ = repeated
+    result = _invoke("compare", str(out / "sync" / "r1"), str(out / "async" / "r1"), "--out", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    page = (tmp_path / "compare.html").read_text()
+    assert "cannot tell a difference from run-to-run noise" in page and 'class="noise"' not in page
 
 
 def test_compare_without_repeats_says_it_cannot_tell(repeated, tmp_path):
@@ -155,7 +169,7 @@ def test_merge_takes_medians_worst_bool_and_lists_partial_metrics():
 
 
 def test_noise_verdict_uses_the_gate_test():
-    from asyncbatch_prof.gate.stats import noise_verdict
+    from asyncbatch_prof.analysis.stats import noise_verdict
 
     assert noise_verdict([1, 2, 3], [4, 5, 6])["verdict"] == "cannot tell"  # 3 + 3: p >= 0.10 two-sided
     assert noise_verdict([1, 2, 5], [3, 4, 6])["verdict"] == "within noise"

@@ -1,4 +1,5 @@
-"""Aggregating repeated runs and the Mann-Whitney U test, with no scipy at run time.
+"""Aggregating repeated runs and the Mann-Whitney U test, with no scipy at run time (the gate's
+budgets and compare's noise verdicts both rest on it).
 
 The gate compares N head runs with M baseline runs. Each side is reduced to one number
 (:func:`aggregate`, median by default), and, when both sides have enough samples, the change must

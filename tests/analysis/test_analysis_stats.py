@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from asyncbatch_prof.gate.stats import aggregate, mann_whitney_u, min_possible_p
+from asyncbatch_prof.analysis.stats import aggregate, mann_whitney_u, min_possible_p
 
 
 @pytest.mark.parametrize("how, expected", [("median", 3.0), ("mean", 4.0), ("min", 1.0), ("max", 10.0)])
