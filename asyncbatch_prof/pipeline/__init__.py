@@ -5,11 +5,13 @@ report, and with both loops the comparison, all from the results held in memory 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 from asyncbatch_prof import runfolder as rf
 from asyncbatch_prof.errors import AbprofError
-from asyncbatch_prof.pipeline.runner import RunOutcome
+
+if TYPE_CHECKING:  # the runner imports the report (plotly, pandas): not for every command that names an option
+    from asyncbatch_prof.pipeline.runner import RunOutcome
 
 
 def compare_outcomes(outcomes: Sequence[RunOutcome], out_path: Path) -> str:
