@@ -13,11 +13,11 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 
 from asyncbatch_prof.analysis import intervals
 from asyncbatch_prof.analysis.gpu import DeviceOps, Launches
 from asyncbatch_prof.analysis.loader import KERNEL, TraceEvents
+from asyncbatch_prof.analysis.table import Table
 
 _COLLECTIVE = re.compile(r"(?i)nccl|rccl|cross_device_reduce")
 _KIND = re.compile(r"(?i)(all_?reduce|all_?gather|reduce_?scatter|all_?to_?all|broadcast|sendrecv|send|recv|reduce)")
@@ -109,59 +109,85 @@ def add_comm_metrics(res, ev: TraceEvents, ops: DeviceOps) -> None:
 
 
 P2P = ("Send", "Recv", "SendRecv")
-MATCH_COLUMNS = ["stream", "collective", "seq", "rank", "start_us", "end_us", "launch_us", "latest_start_us",
-                 "wait_us", "transfer_us", "last"]
+MATCH_COLUMNS = ("stream", "collective", "rank", "start_us", "end_us", "launch_us", "seq", "latest_start_us",
+                 "wait_us", "transfer_us", "last", "spread_us")
 
 
-def match_collectives(per_rank: dict[int, Collectives]) -> tuple[pd.DataFrame, dict[str, int]]:
+def match_collectives(per_rank: dict[int, Collectives]) -> tuple[Table, dict[str, int]]:
     """Match collective instances across ranks and split each rank's time in them into wait and transfer.
 
     Instances are matched by order per (stream, collective): the k-th AllReduce on stream 7 of every
     rank is one instance. Times must be on one clock (µs). For rank r: wait = latest start among ranks
     − start on r, transfer = end on r − latest start, both clamped to the kernel's duration so that
     wait + transfer = duration (a clamp means skewed clocks; counted in ``clamped``). ``last`` marks the
-    rank that started last (the one the others waited for). Returns (one row per instance and rank,
-    counts of matched / unmatched instances). Point-to-point kernels (Send, Recv, SendRecv) are left
-    out: their peer is not in the kernel name, so matching them by order would pair unrelated transfers.
+    rank that started last (the one the others waited for; the lowest such rank on a tie), ``spread_us``
+    the instance's latest − earliest start. Returns (one row per instance and rank, sorted by stream,
+    collective, ordinal and rank; counts of matched / unmatched instances). Point-to-point kernels (Send,
+    Recv, SendRecv) are left out: their peer is not in the kernel name, so matching them by order would
+    pair unrelated transfers.
     """
-    frames = []
-    p2p = 0
+    parts, p2p = [], 0
     for rank, c in per_rank.items():
-        f = pd.DataFrame({"stream": c.stream, "collective": c.kind, "rank": rank, "start_us": c.start_us,
-                          "end_us": c.end_us, "launch_us": c.launch_us}).sort_values("start_us", kind="stable")
-        is_p2p = f.collective.isin(P2P).to_numpy()
+        order = np.argsort(c.start_us, kind="stable")
+        is_p2p = np.fromiter((k in P2P for k in c.kind[order]), dtype=bool, count=order.size)
         p2p += int(is_p2p.sum())
-        f = f[~is_p2p]
-        f["seq"] = f.groupby(["stream", "collective"], sort=False).cumcount()
-        frames.append(f)
-    if not frames or not sum(len(f) for f in frames):
-        return pd.DataFrame(columns=MATCH_COLUMNS), {"matched": 0, "unmatched": 0, "clamped": 0, "p2p_kernels": p2p}
-    rows = pd.concat(frames, ignore_index=True)
-    key = ["stream", "collective", "seq"]
-    present = rows.groupby(key)["rank"].transform("nunique")
-    full = rows[present == len(per_rank)].copy()
-    counts = {"matched": int(len(full) // max(len(per_rank), 1)),
-              "unmatched": int(rows[present < len(per_rank)].groupby(key).ngroups), "p2p_kernels": p2p}
-    full["latest_start_us"] = full.groupby(key)["start_us"].transform("max")
-    dur = full.end_us - full.start_us
-    raw_wait = full.latest_start_us - full.start_us
-    full["wait_us"] = np.minimum(raw_wait, dur)
-    full["transfer_us"] = dur - full["wait_us"]
+        keep = order[~is_p2p]
+        parts.append(Table({"stream": c.stream[keep], "collective": c.kind[keep], "rank": np.full(keep.size, rank),
+                            "start_us": c.start_us[keep], "end_us": c.end_us[keep], "launch_us": c.launch_us[keep]}))
+    rows = Table.concat(parts, MATCH_COLUMNS)
+    if not len(rows):
+        return Table.empty(MATCH_COLUMNS), {"matched": 0, "unmatched": 0, "clamped": 0, "p2p_kernels": p2p}
+    # collectives by code in name order (a dict, not np.unique: sorting millions of strings takes seconds)
+    code = {name: i for i, name in enumerate(sorted(set(rows["collective"].tolist())))}
+    kind = np.fromiter(map(code.__getitem__, rows["collective"]), dtype=np.int64, count=len(rows))
+    seq = _ordinal(rows["rank"], rows["stream"], kind)  # rows of a rank are in start order
+    order = np.lexsort((rows["rank"], seq, kind, rows["stream"]))
+    rows = Table({**rows.columns, "seq": seq}).take(order)
+    group = np.cumsum(_new_key(rows["stream"], kind[order], rows["seq"])) - 1
+    size = np.bincount(group)
+    n = len(per_rank)
+    counts = {"matched": int((size == n).sum()), "unmatched": int((size < n).sum()), "p2p_kernels": p2p}
+    full = rows.take(size[group] == n)  # each instance: n consecutive rows, one per rank in rank order
+    start = full["start_us"].reshape(-1, n)
+    latest, earliest = start.max(axis=1, keepdims=True), start.min(axis=1, keepdims=True)
+    last = np.zeros(start.shape, dtype=bool)
+    last[np.arange(start.shape[0]), (start == latest).argmax(axis=1)] = True
+    last &= latest > earliest  # all started together: nobody was waited for
+    latest_start = np.broadcast_to(latest, start.shape).ravel()
+    dur = full["end_us"] - full["start_us"]
+    raw_wait = latest_start - full["start_us"]
+    wait = np.minimum(raw_wait, dur)
     counts["clamped"] = int((raw_wait > dur).sum())
-    spread = full.latest_start_us - full.groupby(key)["start_us"].transform("min")
-    first_last = full.sort_values("rank").groupby(key)["start_us"].idxmax()
-    full["last"] = False
-    full.loc[first_last.to_numpy(), "last"] = True
-    full.loc[spread <= 0, "last"] = False  # all started together: nobody was waited for
-    full["spread_us"] = spread
-    return full.sort_values(key + ["rank"], ignore_index=True), counts
+    spread = np.broadcast_to(latest - earliest, start.shape).ravel()
+    return Table({**full.columns, "latest_start_us": latest_start, "wait_us": wait, "transfer_us": dur - wait,
+                  "last": last.ravel(), "spread_us": spread}), counts
 
 
-def straggler(matched: pd.DataFrame) -> tuple[int | None, dict[int, int]]:
-    """The rank that started last most often (ties: the lowest rank), and how often each rank was last."""
-    if matched.empty or not matched["last"].any():
+def _new_key(*keys: np.ndarray) -> np.ndarray:
+    """For rows sorted by ``keys``: whether each row's keys differ from the previous row's."""
+    new = np.zeros(keys[0].size, dtype=bool)
+    new[:1] = True
+    for k in keys:
+        new[1:] |= k[1:] != k[:-1]
+    return new
+
+
+def _ordinal(*keys: np.ndarray) -> np.ndarray:
+    """Each row's number among the rows with its keys, in row order (0 for the first)."""
+    order = np.lexsort(keys[::-1])  # stable: rows with equal keys stay in row order
+    new = _new_key(*(k[order] for k in keys))
+    position = np.arange(order.size)
+    out = np.empty(order.size, dtype=np.int64)
+    out[order] = position - np.maximum.accumulate(np.where(new, position, 0))
+    return out
+
+
+def straggler(matched: Table) -> tuple[int | None, dict[int, int]]:
+    """The rank that started last most often (ties: the lowest rank), and how often each rank was last
+    (most often first; equal counts in the order the ranks were first last)."""
+    if not len(matched) or not matched["last"].any():
         return None, {}
-    last = matched.loc[matched["last"], "rank"].value_counts()
-    counts = {int(r): int(n) for r, n in last.items()}
+    ranks, first, times = np.unique(matched["rank"][matched["last"]], return_index=True, return_counts=True)
+    counts = {int(ranks[i]): int(times[i]) for i in np.lexsort((first, -times))}
     best = max(counts.items(), key=lambda kv: (kv[1], -kv[0]))
     return best[0], counts

@@ -5,18 +5,19 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from asyncbatch_prof.analysis import contract, intervals
 from asyncbatch_prof.analysis.loader import TraceEvents
+from asyncbatch_prof.analysis.table import Table
 from asyncbatch_prof.analysis.windows import WindowResult
 
 _PERCENTILES = (50, 90, 99)
-GAP_COLUMNS = ["device", "window", "start_us", "end_us", "duration_us", "gap_class", "cpu_phase", "prev_op",
-               "next_op", "in_step_window"]
+GAP_COLUMNS = ("device", "window", "start_us", "end_us", "duration_us", "gap_class", "cpu_phase", "prev_op",
+               "next_op", "in_step_window")
+PHASE_COLUMNS = ("phase", "host_bound_us", "host_bound_pct")
 
 
-def gaps_frame(ev: TraceEvents, devices: dict, windows: dict) -> pd.DataFrame:
+def gaps_table(ev: TraceEvents, devices: dict, windows: dict) -> Table:
     """Idle gaps of every device (trace µs): all kernel-window gaps, plus the step window's own gaps
     (window='step') where they differ from a kernel-window gap (clipped at the step window's edges, or
     before the first GPU op). Summing ``duration_us`` over ``in_step_window`` gives the step window's idle."""
@@ -39,15 +40,16 @@ def gaps_frame(ev: TraceEvents, devices: dict, windows: dict) -> pd.DataFrame:
             if res is step:
                 keep = np.array([(a, b) not in kernel_gaps for a, b in zip(g.start_us.tolist(), g.end_us.tolist())],
                                 dtype=bool)
-            parts.append(pd.DataFrame({
-                "device": dev, "window": res.name, "start_us": g.start_us + ev.origin_us,
-                "end_us": g.end_us + ev.origin_us, "duration_us": g.duration_us, "gap_class": g.gap_class,
-                "cpu_phase": res.gap_phase, "prev_op": _op_names(names, ev, ops, g.prev_op),
-                "next_op": _op_names(names, ev, ops, g.next_op), "in_step_window": in_step,
-            })[keep])
-    if not parts:
-        return pd.DataFrame(columns=GAP_COLUMNS)
-    return pd.concat(parts, ignore_index=True).sort_values(["device", "start_us"], kind="stable", ignore_index=True)
+            n = g.start_us.size
+            parts.append(Table({
+                "device": np.full(n, dev), "window": np.full(n, res.name, dtype=object),
+                "start_us": g.start_us + ev.origin_us, "end_us": g.end_us + ev.origin_us,
+                "duration_us": g.duration_us, "gap_class": g.gap_class, "cpu_phase": res.gap_phase,
+                "prev_op": _op_names(names, ev, ops, g.prev_op), "next_op": _op_names(names, ev, ops, g.next_op),
+                "in_step_window": in_step,
+            }).take(keep))
+    table = Table.concat(parts, GAP_COLUMNS)
+    return table.take(np.lexsort((table["start_us"], table["device"])))
 
 
 def _op_names(names: np.ndarray, ev: TraceEvents, ops, idx: np.ndarray) -> np.ndarray:
@@ -55,14 +57,15 @@ def _op_names(names: np.ndarray, ev: TraceEvents, ops, idx: np.ndarray) -> np.nd
     return names[np.where(idx >= 0, ev.name[ops.row[np.maximum(idx, 0)]], len(ev.names))]
 
 
-def phases_frame(res: WindowResult | None) -> pd.DataFrame:
+def phases_table(res: WindowResult | None) -> Table:
     """Host-bound idle per CPU phase for one window: µs and percent of the window, largest first."""
     if not isinstance(res, WindowResult) or not res.phases:
-        return pd.DataFrame(columns=["phase", "host_bound_us", "host_bound_pct"])
+        return Table.empty(PHASE_COLUMNS)
     window = res.hi - res.lo
     rows = sorted(res.phases.items(), key=lambda kv: (-kv[1], kv[0]))
-    return pd.DataFrame({"phase": [k for k, _ in rows], "host_bound_us": [v for _, v in rows],
-                         "host_bound_pct": [100.0 * v / window for _, v in rows]})
+    return Table({"phase": np.array([k for k, _ in rows], dtype=object),
+                  "host_bound_us": np.array([v for _, v in rows], dtype=np.float64),
+                  "host_bound_pct": np.array([100.0 * v / window for _, v in rows], dtype=np.float64)})
 
 
 def _percentiles(values, prefix: str) -> dict[str, float]:
@@ -137,14 +140,16 @@ def build_doc(ta, ev: TraceEvents) -> dict[str, Any]:
     }
     _contract_metrics(ta, doc)
     _integrity_metrics(ta.integrity, doc)
-    steps = ta.steps
+    steps = ta.tables["steps"]
     doc["steps"] = {"count": int(len(steps))}
     for col in ("wall_us", "cpu_us", "gpu_busy_us", "idle_us", "host_work_us", "kernels", "launches"):
-        doc["steps"].update(_percentiles(steps[col].to_numpy(dtype=float), col) if len(steps) else {})
-    launches = ta.launches[ta.launches["device"] == ta.device] if ta.device is not None else ta.launches.iloc[:0]
+        doc["steps"].update(_percentiles(steps[col], col) if len(steps) else {})
+    launches = ta.tables["launches"]
+    launches = launches.take(launches["device"] == ta.device if ta.device is not None
+                             else np.zeros(len(launches), dtype=bool))
     doc["launches"] = {"count": int(len(launches)), **_percentiles(launches["launch_delay_us"], "launch_delay_us"),
                        **_percentiles(launches["queue_depth"], "queue_depth")}
-    doc["phases"] = ta.phases.to_dict(orient="records")
+    doc["phases"] = ta.tables["phases"].records()
     doc["host"] = _host_doc(ta)
     return doc
 

@@ -5,13 +5,14 @@ Times stay float microseconds with their nanosecond fraction. They are stored re
 traces (~1.7e15) leave float64 only quarter-µs resolution for ``ts + dur``; trace µs = origin_us + value.
 
 Kineto writes one event per few lines, so the ``traceEvents`` array is read in blocks and cut into
-chunks of a few MB at event boundaries (reader.py); peak memory is the columns plus one chunk. Each
-chunk is decoded by msgspec into typed records of only the fields read (``_Event``: unknown keys are
-skipped without building objects), the fastest of msgspec, orjson and simdjson measured on a 148 MB
-trace (benchmarks/trace_speed.py). A chunk whose values do not have the expected JSON types goes
-through orjson dicts (``_Columns.add``) instead, so odd values are handled as before; a chunk that does
-not parse (unusual formatting) sends the whole file through one plain parse, so the cut can never
-change the result. A field added to the columns goes into ``_Event``/``_Args`` and ``_Columns.add``.
+chunks of a few MB at event boundaries, the keys around it parsed as the header (reader.py); peak
+memory is the columns plus one chunk. Each chunk is decoded by msgspec into typed records of only the
+fields read (``_Event``: unknown keys are skipped without building objects), the fastest of msgspec,
+orjson and simdjson measured on a 148 MB trace (benchmarks/trace_speed.py). A chunk whose values do
+not have the expected JSON types goes through orjson dicts (``_Columns.add``) instead, so odd values
+are handled as before; a chunk that does not parse (unusual formatting) sends the whole file through
+one plain parse, so the cut can never change the result. A field added to the columns goes into
+``_Event``/``_Args`` and ``_Columns.add``.
 """
 
 from __future__ import annotations
@@ -29,10 +30,9 @@ import msgspec
 import numpy as np
 
 from asyncbatch_prof.analysis.errors import TraceError
-from asyncbatch_prof.analysis.reader import EVENT_DEPTH, CappedReader, event_chunks, first_byte_check, max_trace_bytes
-from asyncbatch_prof.analysis.reader import shallow
-from asyncbatch_prof.analysis.reader import NotParsed as _NotParsed
+from asyncbatch_prof.analysis.reader import CappedReader, max_trace_bytes, shallow, stream_document
 from asyncbatch_prof.analysis.reader import loads as _loads
+from asyncbatch_prof.analysis.reader import whole_document as _whole_document
 
 # Category codes of the rows the analysis reads; legacy capitalised GPU names map to the same code.
 KERNEL, MEMCPY, MEMSET, RUNTIME, DRIVER, CPU_OP, USER_ANNOTATION, PYTHON_FUNCTION = range(8)
@@ -46,7 +46,6 @@ CAT_NAMES = ("kernel", "gpu_memcpy", "gpu_memset", "cuda_runtime", "cuda_driver"
              "python_function")
 _COLUMNS = {"cat": np.int8, "name": np.int32, "pid": np.int64, "tid": np.int64, "ts": np.float64,
             "dur": np.float64, "corr": np.int64, "nbytes": np.float64}
-_TAIL_TRIES = 64
 _SURROGATE = re.compile("[\ud800-\udfff]")
 _TIME_LIMIT_US = 2.0**53  # beyond it float64 holds no whole µs (and sums of such times overflow)
 _EPOCH_US = 1e15  # timestamps above this are absolute epoch µs (after 2001), below it relative to baseTime
@@ -134,7 +133,7 @@ class _Columns:
         """Event names by code."""
         return list(self.name_codes)
 
-    def add_chunk(self, chunk: bytes) -> None:
+    def add_chunk(self, chunk: bytes | memoryview) -> None:
         """Decode one ``[...]`` chunk of events: typed (msgspec) where every field has the expected JSON
         type, else generic (orjson dicts) so that odd values take the same path as a whole-file parse."""
         try:
@@ -356,7 +355,7 @@ def load_trace(path: str | Path, max_bytes: int | None = None) -> TraceEvents:
     try:
         columns = _Columns()
         with CappedReader(path, cap) as reader:
-            header = _stream_document(reader, columns)
+            header = stream_document(reader, columns)
         if header is None:
             columns = _Columns()
             with CappedReader(path, cap) as reader:
@@ -367,59 +366,3 @@ def load_trace(path: str | Path, max_bytes: int | None = None) -> TraceEvents:
     finally:
         if gc_was_enabled:
             gc.enable()
-
-
-def _stream_document(reader: CappedReader, columns: _Columns) -> dict[str, Any] | None:
-    """Parse the traceEvents array chunk by chunk into ``columns``; the header (all other keys), or None
-    where the layout is not Kineto's (the caller then parses the whole document)."""
-    head = b""
-    try:
-        for kind, data in event_chunks(reader):
-            if kind == "whole":
-                return None
-            if kind == "head":
-                head = data
-            elif kind == "events":
-                columns.add_chunk(data)
-            else:
-                return _tail(head, data, columns)
-    except _NotParsed:
-        return None
-    return None
-
-
-def _tail(head: bytes, tail: bytes, columns: _Columns) -> dict[str, Any] | None:
-    """The last event(s) and the array's end: the ']' after which the rest parses as the header's last
-    keys, tried from the end (the keys after the array are few and short: a bounded number of tries)."""
-    end = len(tail)
-    for _ in range(_TAIL_TRIES):
-        end = tail.rfind(b"]", 0, end)
-        if end < 0:
-            return None
-        try:
-            header = _loads(head + b"[]" + tail[end + 1:], EVENT_DEPTH + 1)
-        except _NotParsed:
-            continue
-        if not isinstance(header, dict):
-            return None
-        try:
-            last = _loads(b"[" + tail[:end] + b"]")
-        except _NotParsed:
-            return None
-        columns.add(last)
-        return header
-    return None
-
-
-def _whole_document(path: Path, data: bytes, columns: _Columns) -> dict[str, Any]:
-    first_byte_check(path, data[:4096])
-    try:
-        doc = _loads(data, EVENT_DEPTH + 1)
-    except _NotParsed as exc:
-        raise TraceError(f"{path} is not valid JSON ({exc})") from None
-    if isinstance(doc, list):
-        doc = {"traceEvents": doc}  # the bare-array form of the Chrome trace format
-    if not isinstance(doc, dict) or not isinstance(doc.get("traceEvents"), list):
-        raise TraceError(f"{path} is not a Chrome trace (no 'traceEvents' list)")
-    columns.add(doc.pop("traceEvents"))
-    return doc

@@ -14,15 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from asyncbatch_prof.analysis import contract, intervals
-from asyncbatch_prof.analysis.comm import match_collectives, straggler
+from asyncbatch_prof.analysis.comm import MATCH_COLUMNS, match_collectives, straggler
 from asyncbatch_prof.analysis.host import attribute_to_phases
 from asyncbatch_prof.analysis.loader import load_trace
 from asyncbatch_prof.analysis.ranks import (RankPart, RankSetSource, analyze_files, assign_ranks, default_jobs,
                                             find_rank_traces, parts_of)
 from asyncbatch_prof.analysis.result import TraceAnalysis
+from asyncbatch_prof.analysis.table import Table
 
 SAME_FILE = "one trace file: all devices share its clock"
 
@@ -34,7 +34,7 @@ class RankSet:
 
     source: RankSetSource
     ranks: dict[int, RankPart]
-    matched: pd.DataFrame
+    matched: Table
     shift_us: dict[int, float]  # rank-local trace µs + shift = common-clock µs
     doc: dict[str, Any]
 
@@ -77,7 +77,7 @@ def merge(source: RankSetSource, parts: list[RankPart], by_device: bool, jobs: i
     """Assign ranks, match collectives on the common clock and build the merged metrics.json."""
     ranks = assign_ranks(parts, by_device)
     shifts, clock = _shifts(ranks, by_device)
-    matched, counts = pd.DataFrame(), {"matched": 0, "unmatched": 0, "clamped": 0}
+    matched, counts = Table.empty(MATCH_COLUMNS), {"matched": 0, "unmatched": 0, "clamped": 0}
     if shifts is not None and len(ranks) > 1:
         matched, counts = match_collectives({r: p.collectives.shifted(shifts[r]) for r, p in ranks.items()})
     doc = _doc(source, ranks, matched, counts, shifts, clock, jobs)
@@ -92,7 +92,7 @@ def _window_sum(part: RankPart, window: str, key: str) -> float | None:
     return None if value is None else float(value)
 
 
-def _rank_row(part: RankPart, matched: pd.DataFrame) -> dict[str, Any]:
+def _rank_row(part: RankPart, matched: Table) -> dict[str, Any]:
     row: dict[str, Any] = {"path": part.path, "device": part.device, "distributed_rank": part.distributed_rank,
                            "engine_thread": part.doc["trace"].get("engine_thread"), "window": part.window,
                            "other_devices_in_file": part.other_devices}
@@ -100,10 +100,10 @@ def _rank_row(part: RankPart, matched: pd.DataFrame) -> dict[str, Any]:
         row[name] = contract.lookup(part.doc, f"{name}.{part.window}")[0]
     for key in ("window_us", "comm_us", "comm_overlapped_us", "comm_exposed_us"):
         row[key] = _window_sum(part, part.window, key)
-    if not matched.empty:
-        mine = matched[matched["rank"] == part.rank]
-        row.update(collective_wait_us=float(mine.wait_us.sum()), collective_transfer_us=float(mine.transfer_us.sum()),
-                   started_last=int(mine["last"].sum()))
+    if len(matched):
+        mine = matched.take(matched["rank"] == part.rank)
+        row.update(collective_wait_us=float(mine["wait_us"].sum()),
+                   collective_transfer_us=float(mine["transfer_us"].sum()), started_last=int(mine["last"].sum()))
     return row
 
 
@@ -146,11 +146,11 @@ def _collective_metrics(ranks, matched, counts, shifts, clock, metrics, absent) 
     if shifts is None:
         absent["collective_wait_pct"] = clock
         return None
-    if matched.empty:
+    if not len(matched):
         absent["collective_wait_pct"] = ("no collective kernel instance found on every rank (point-to-point "
                                          "Send/Recv kernels are not matched)")
         return None
-    wait, transfer = float(matched.wait_us.sum()), float(matched.transfer_us.sum())
+    wait, transfer = float(matched["wait_us"].sum()), float(matched["transfer_us"].sum())
     if wait + transfer > 0:
         metrics["collective_wait_pct"] = 100.0 * wait / (wait + transfer)
     else:
@@ -163,12 +163,12 @@ def _collective_metrics(ranks, matched, counts, shifts, clock, metrics, absent) 
             **_late_host_phases(ranks[rank], matched, shifts[rank])}
 
 
-def _late_host_phases(part: RankPart, matched: pd.DataFrame, shift_us: float) -> dict[str, Any]:
+def _late_host_phases(part: RankPart, matched: Table, shift_us: float) -> dict[str, Any]:
     """What the straggler's engine thread ran just before its late collectives: for each instance it
     started last, the ``spread`` µs (latest − earliest start) before its launch call (or kernel start)."""
-    late = matched[(matched["rank"] == part.rank) & matched["last"]]
-    t = np.where(np.isnan(late.launch_us), late.start_us, late.launch_us) - shift_us  # back to rank-local µs
-    late_s, late_e = intervals.union(t - late.spread_us.to_numpy(), t)
+    late = matched.take((matched["rank"] == part.rank) & matched["last"])
+    t = np.where(np.isnan(late["launch_us"]), late["start_us"], late["launch_us"]) - shift_us  # back to rank-local µs
+    late_s, late_e = intervals.union(t - late["spread_us"], t)
     seg_s, seg_e, names = part.phases
     totals, _ = attribute_to_phases(late_s, late_e, seg_s, seg_e, names)
     total = intervals.length((late_s, late_e))

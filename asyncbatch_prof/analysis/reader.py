@@ -4,6 +4,9 @@ A ``.json.gz`` is decompressed as it is read, so the compressed and the decoded 
 whole. Every read counts decompressed bytes against a cap (``ABPROF_MAX_TRACE_BYTES``, default 8 GiB):
 a symlink to /dev/zero or a gzip bomb fails in one line once it passes the cap, holding at most about
 the cap in memory (less for well-formed traces, which are held one chunk at a time).
+
+``stream_document`` hands the chunks to an :class:`EventSink` (loader.py's columns) and parses the keys
+around the array as the header; ``whole_document`` is the plain parse of any other layout.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import os
 import re
 import zlib
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO, Callable, Iterator, Protocol
 
 import orjson
 
@@ -26,6 +29,7 @@ _BLOCK = 8 << 20
 _HEAD_LIMIT = 64 << 20  # a header this long before "traceEvents" is not Kineto's layout: read the file whole
 _EVENTS_KEY = re.compile(rb'"traceEvents"\s*:\s*\[')
 _WHITESPACE = b" \t\r\n"
+_TAIL_TRIES = 64
 _UNITS = {"": 1, "K": 1 << 10, "KB": 1 << 10, "KIB": 1 << 10, "M": 1 << 20, "MB": 1 << 20, "MIB": 1 << 20,
           "G": 1 << 30, "GB": 1 << 30, "GIB": 1 << 30, "T": 1 << 40, "TB": 1 << 40, "TIB": 1 << 40}
 
@@ -233,3 +237,69 @@ def loads(data: bytes | bytearray | memoryview, depth: int = EVENT_DEPTH) -> Any
         raise NotParsed("nesting too deep") from None
     except (ValueError, TypeError) as exc:
         raise NotParsed(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+
+
+class EventSink(Protocol):
+    """What the events of a document go to (loader's columns): a ``[...]`` chunk as bytes, or parsed events."""
+
+    def add_chunk(self, chunk: bytes | memoryview) -> None: ...
+
+    def add(self, events: list) -> None: ...
+
+
+def stream_document(reader: CappedReader, columns: EventSink) -> dict[str, Any] | None:
+    """Parse the traceEvents array chunk by chunk into ``columns``; the header (all other keys), or None
+    where the layout is not Kineto's (the caller then parses the whole document)."""
+    head = b""
+    try:
+        for kind, data in event_chunks(reader):
+            if kind == "whole":
+                return None
+            if kind == "head":
+                head = data
+            elif kind == "events":
+                columns.add_chunk(data)
+            else:
+                return _tail(head, data, columns)
+    except NotParsed:
+        return None
+    return None
+
+
+def _tail(head: bytes, tail: bytes, columns: EventSink) -> dict[str, Any] | None:
+    """The last event(s) and the array's end: the ']' after which the rest parses as the header's last
+    keys, tried from the end (the keys after the array are few and short: a bounded number of tries)."""
+    end = len(tail)
+    for _ in range(_TAIL_TRIES):
+        end = tail.rfind(b"]", 0, end)
+        if end < 0:
+            return None
+        try:
+            header = loads(head + b"[]" + tail[end + 1:], EVENT_DEPTH + 1)
+        except NotParsed:
+            continue
+        if not isinstance(header, dict):
+            return None
+        try:
+            last = loads(b"[" + tail[:end] + b"]")
+        except NotParsed:
+            return None
+        columns.add(last)
+        return header
+    return None
+
+
+def whole_document(path: Path, data: bytes, columns: EventSink) -> dict[str, Any]:
+    """One plain parse of the whole document (any layout, the bare-array form included): its events into
+    ``columns``, its other keys returned as the header; TraceError where it is no Chrome trace."""
+    first_byte_check(path, data[:4096])
+    try:
+        doc = loads(data, EVENT_DEPTH + 1)
+    except NotParsed as exc:
+        raise TraceError(f"{path} is not valid JSON ({exc})") from None
+    if isinstance(doc, list):
+        doc = {"traceEvents": doc}  # the bare-array form of the Chrome trace format
+    if not isinstance(doc, dict) or not isinstance(doc.get("traceEvents"), list):
+        raise TraceError(f"{path} is not a Chrome trace (no 'traceEvents' list)")
+    columns.add(doc.pop("traceEvents"))
+    return doc

@@ -1,6 +1,6 @@
 """``analyze(path)``: a torch.profiler trace in, the metric contract out, as a :class:`TraceAnalysis`.
 
-Times in the DataFrames are trace µs (``epoch_us = base_time_ns / 1e3 + ts_us``); shares are percent
+Times in the tables are trace µs (``epoch_us = base_time_ns / 1e3 + ts_us``); shares are percent
 of the window. The headline attributes are for the busiest device and the default window (step when
 the trace carries abprof's annotations, else kernel).
 """
@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from asyncbatch_prof.analysis import contract
 from asyncbatch_prof.analysis.comm import add_comm_metrics
@@ -20,10 +19,11 @@ from asyncbatch_prof.analysis.gpu import DeviceOps, device_ops, join_launches
 from asyncbatch_prof.analysis.host import device_engine_threads, engine_thread
 from asyncbatch_prof.analysis.integrity import trace_integrity
 from asyncbatch_prof.analysis.loader import CAT_NAMES, TraceEvents, load_trace
-from asyncbatch_prof.analysis.document import build_doc, gaps_frame, phases_frame
+from asyncbatch_prof.analysis.document import build_doc, gaps_table, phases_table
 from asyncbatch_prof.analysis.step_sources import StepsConfig, detect_steps, phase_segments
-from asyncbatch_prof.analysis.step_time import step_categories_frame, step_time_doc
-from asyncbatch_prof.analysis.steps import launches_frame, step_window, steps_frame
+from asyncbatch_prof.analysis.step_time import step_categories_table, step_time_doc
+from asyncbatch_prof.analysis.steps import launches_table, step_window, steps_table
+from asyncbatch_prof.analysis.table import FrameAttribute, Table
 from asyncbatch_prof.analysis.windows import PhaseCache, WindowResult, window_metrics
 
 NO_GPU = "no GPU activity in trace"
@@ -31,11 +31,21 @@ HEADLINE = contract.TRACE_METRICS
 
 
 class TraceAnalysis:
-    """The analysis of one trace: ``doc`` (metrics.json), DataFrames and headline attributes.
+    """The analysis of one trace: ``doc`` (metrics.json), tables and headline attributes.
 
     Headline attributes (``gpu_idle_pct``, ``overlap_pct``, ...) are floats in the units of their
-    names for ``device`` and the default window, or None when absent (``absent`` says why).
+    names for ``device`` and the default window, or None when absent (``absent`` says why). ``tables``
+    holds the per-op, per-gap, per-step ... tables as numpy columns; the attributes of the same names
+    are those tables as pandas DataFrames, built on first access (the report's figures read them).
     """
+
+    gpu_ops = FrameAttribute()
+    launches = FrameAttribute()
+    gaps = FrameAttribute()
+    steps = FrameAttribute()
+    step_categories = FrameAttribute()
+    phases = FrameAttribute()
+    cpu_phases = FrameAttribute()
 
     def __init__(self, path: Path, ev: TraceEvents, threshold_us: float, steps_config: StepsConfig | None = None,
                  tool_version: str | None = None):
@@ -75,13 +85,13 @@ class TraceAnalysis:
             self.engine = self.engines[self.device]
             self.step_ranges, self.step_source = detected[key(self.engine)]
         self.window = self._default_window()
-        self.gpu_ops = _gpu_ops_frame(ev, self.devices)
-        self.launches = launches_frame(ev, launches, self.devices)
-        self.gaps = gaps_frame(ev, self.devices, self.windows)
-        self.steps = self._steps_frame(ev, launches)
-        self.step_categories = step_categories_frame(ev, self)
-        self.phases = phases_frame(self.windows.get(self.device, {}).get(self.window))
-        self.cpu_phases = _cpu_phases_frame(ev, self.engine, phases)
+        self.tables: dict[str, Table] = {
+            "gpu_ops": _gpu_ops_table(ev, self.devices), "launches": launches_table(ev, launches, self.devices),
+            "gaps": gaps_table(ev, self.devices, self.windows), "steps": self._steps_table(ev, launches),
+        }
+        self.tables["step_categories"] = step_categories_table(ev, self)
+        self.tables["phases"] = phases_table(self.windows.get(self.device, {}).get(self.window))
+        self.tables["cpu_phases"] = _cpu_phases_table(ev, self.engine, phases)
         spans = {dev: {w: (r.lo, r.hi) for w, r in per.items() if isinstance(r, WindowResult)}
                  for dev, per in self.windows.items()}
         self.integrity = trace_integrity(ev, launches, self.devices,
@@ -99,15 +109,14 @@ class TraceAnalysis:
             return None
         return "step" if isinstance(self.windows[self.device].get("step"), WindowResult) else "kernel"
 
-    def _steps_frame(self, ev: TraceEvents, launches) -> pd.DataFrame:
+    def _steps_table(self, ev: TraceEvents, launches) -> Table:
         step = self.windows.get(self.device, {}).get("step")
         if not isinstance(step, WindowResult) or self.step_ranges is None or not step.hi > step.lo:
-            return pd.DataFrame(columns=["step", "start_us", "end_us", "wall_us", "cpu_us", "gpu_busy_us", "idle_us",
-                                         "host_work_us", "sync_wait_us", "kernels", "launches", "h2d_bytes",
-                                         "d2h_bytes"])
-        frame = steps_frame(ev, self.step_ranges, (step.lo, step.hi), self.devices[self.device], launches, self.engine)
-        assert abs(frame["wall_us"].sum() - (step.hi - step.lo)) <= 1e-6 * (step.hi - step.lo) + 1e-9
-        return frame
+            return Table.empty(["step", "start_us", "end_us", "wall_us", "cpu_us", "gpu_busy_us", "idle_us",
+                                "host_work_us", "sync_wait_us", "kernels", "launches", "h2d_bytes", "d2h_bytes"])
+        table = steps_table(ev, self.step_ranges, (step.lo, step.hi), self.devices[self.device], launches, self.engine)
+        assert abs(table["wall_us"].sum() - (step.hi - step.lo)) <= 1e-6 * (step.hi - step.lo) + 1e-9
+        return table
 
     @property
     def has_gpu(self) -> bool:
@@ -128,22 +137,22 @@ def _device_windows(ops, launches, engine, steps, phases, threshold_us, source) 
     return out
 
 
-def _gpu_ops_frame(ev: TraceEvents, devices: dict[int, DeviceOps]) -> pd.DataFrame:
-    parts = [pd.DataFrame({
-        "device": dev, "stream": ops.stream, "start_us": ops.start_us + ev.origin_us, "end_us": ops.end_us + ev.origin_us,
-        "dur_us": ops.end_us - ops.start_us, "name": np.array(ev.names, dtype=object)[ev.name[ops.row]],
-        "cat": np.array(CAT_NAMES, dtype=object)[ev.cat[ops.row]], "correlation": ev.correlation[ops.row],
+def _gpu_ops_table(ev: TraceEvents, devices: dict[int, DeviceOps]) -> Table:
+    names, cats = np.array(ev.names, dtype=object), np.array(CAT_NAMES, dtype=object)
+    parts = [Table({
+        "device": np.full(ops.row.size, dev), "stream": ops.stream, "start_us": ops.start_us + ev.origin_us,
+        "end_us": ops.end_us + ev.origin_us, "dur_us": ops.end_us - ops.start_us, "name": names[ev.name[ops.row]],
+        "cat": cats[ev.cat[ops.row]], "correlation": ev.correlation[ops.row],
     }) for dev, ops in devices.items()]
-    if not parts:
-        return pd.DataFrame(columns=["device", "stream", "start_us", "end_us", "dur_us", "name", "cat", "correlation"])
-    return pd.concat(parts, ignore_index=True)
+    return Table.concat(parts, ["device", "stream", "start_us", "end_us", "dur_us", "name", "cat", "correlation"])
 
 
-def _cpu_phases_frame(ev: TraceEvents, engine, phases: PhaseCache) -> pd.DataFrame:
+def _cpu_phases_table(ev: TraceEvents, engine, phases: PhaseCache) -> Table:
     if engine is None:
-        return pd.DataFrame(columns=["tid", "phase", "start_us", "end_us"])
+        return Table.empty(["tid", "phase", "start_us", "end_us"])
     s, e, names = phases.get(engine.pid, engine.tid)
-    return pd.DataFrame({"tid": engine.tid, "phase": names, "start_us": s + ev.origin_us, "end_us": e + ev.origin_us})
+    return Table({"tid": np.full(len(names), engine.tid), "phase": names, "start_us": s + ev.origin_us,
+                  "end_us": e + ev.origin_us})
 
 
 def analyze(path: str | Path, launch_latency_threshold_us: float = 30.0,

@@ -10,11 +10,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from asyncbatch_prof.analysis.categories import CATEGORIES, LABELS, breakdown, categorize, category_time, name_time, segments
 from asyncbatch_prof.analysis.gpu import DEPENDENCY, HOST_BOUND, LAUNCH_LATENCY
 from asyncbatch_prof.analysis.loader import TraceEvents
+from asyncbatch_prof.analysis.table import Table
 from asyncbatch_prof.analysis.windows import WindowResult
 
 TOP_NAMES = 60  # op names kept per run for the explanation (by apportioned busy time)
@@ -25,18 +25,17 @@ def _window(ta) -> WindowResult | None:
     return res if isinstance(res, WindowResult) and res.hi > res.lo else None
 
 
-def step_categories_frame(ev: TraceEvents, ta) -> pd.DataFrame:
+def step_categories_table(ev: TraceEvents, ta) -> Table:
     """Per profiled step: apportioned GPU busy µs per category (columns ``<category>_us``)."""
-    columns = ["step"] + [f"{c}_us" for c in CATEGORIES]
+    columns = [f"{c}_us" for c in CATEGORIES]
+    steps = ta.tables["steps"]
     res = ta.windows.get(ta.device, {}).get("step") if ta.device is not None else None
-    if not len(ta.steps) or not isinstance(res, WindowResult):
-        return pd.DataFrame(columns=columns)
+    if not len(steps) or not isinstance(res, WindowResult):
+        return Table.empty(["step", *columns])
     ops = ta.devices[ta.device]
-    edges = np.append(ta.steps["start_us"].to_numpy() - ev.origin_us, res.hi)
+    edges = np.append(steps["start_us"] - ev.origin_us, res.hi)
     per = category_time(segments(ops, categorize(ev, ops), res.lo, res.hi, edges), edges)
-    frame = pd.DataFrame(per, columns=columns[1:])
-    frame.insert(0, "step", ta.steps["step"].to_numpy())
-    return frame
+    return Table({"step": steps["step"], **{name: per[:, i] for i, name in enumerate(columns)}})
 
 
 def step_time_doc(ev: TraceEvents, ta) -> dict[str, Any]:
@@ -48,7 +47,7 @@ def step_time_doc(ev: TraceEvents, ta) -> dict[str, Any]:
     ops = ta.devices[ta.device]
     work = breakdown(ev, ops, res.lo, res.hi)
     gap = res.details.get("gap_us", {})
-    steps = int(len(ta.steps)) if ta.window == "step" else None
+    steps = int(len(ta.tables["steps"])) if ta.window == "step" else None
     names = name_time(ev, ops, res.lo, res.hi)
     kept = sorted(names.items(), key=lambda kv: (-kv[1][1], kv[0]))[:TOP_NAMES]
     doc = {

@@ -10,12 +10,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-import pandas as pd
 
 from asyncbatch_prof.analysis import intervals
 from asyncbatch_prof.analysis.gpu import DeviceOps, Launches
 from asyncbatch_prof.analysis.host import STEP, EngineThread, names_matching
 from asyncbatch_prof.analysis.loader import KERNEL, MEMCPY, USER_ANNOTATION, TraceEvents
+from asyncbatch_prof.analysis.table import Table
+
+
+LAUNCH_COLUMNS = ("device", "stream", "correlation", "name", "tid", "start_us", "end_us", "gpu_start_us",
+                  "launch_delay_us", "queue_depth", "ops")
 
 
 @dataclass
@@ -59,8 +63,8 @@ def _issue_time(ops: DeviceOps, launches: Launches) -> np.ndarray:
     return np.where(ops.launch >= 0, launches.start_us[np.maximum(ops.launch, 0)], ops.start_us)
 
 
-def steps_frame(ev: TraceEvents, steps: StepRanges, window: tuple[float, float], ops: DeviceOps,
-                launches: Launches, engine: EngineThread) -> pd.DataFrame:
+def steps_table(ev: TraceEvents, steps: StepRanges, window: tuple[float, float], ops: DeviceOps,
+                launches: Launches, engine: EngineThread) -> Table:
     """One row per profiled step; times in trace µs, bytes in bytes."""
     # steps tile the window: a step that starts after the window's end (malformed trace) gets zero length
     starts = np.minimum(steps.start_us, window[1])
@@ -89,7 +93,7 @@ def steps_frame(ev: TraceEvents, steps: StepRanges, window: tuple[float, float],
         _, first = np.unique(np.where(ops.launch >= 0, ops.launch, -1 - np.arange(ops.row.size)), return_index=True)
         first_of_launch[first] = True
     wall = ends - starts
-    return pd.DataFrame({
+    return Table({
         "step": steps.index,
         "start_us": starts + ev.origin_us,
         "end_us": ends + ev.origin_us,
@@ -106,7 +110,7 @@ def steps_frame(ev: TraceEvents, steps: StepRanges, window: tuple[float, float],
     })
 
 
-def launches_frame(ev: TraceEvents, launches: Launches, devices: dict[int, DeviceOps]) -> pd.DataFrame:
+def launches_table(ev: TraceEvents, launches: Launches, devices: dict[int, DeviceOps]) -> Table:
     """One row per launch call that issued GPU ops, with launch delay and the stream's queue depth at launch.
 
     launch_delay_us = first GPU op start − end of the launch call; queue_depth = ops on that stream
@@ -133,16 +137,12 @@ def launches_frame(ev: TraceEvents, launches: Launches, devices: dict[int, Devic
             at = launches.start_us[li[here]]
             depth[here] = np.maximum(np.searchsorted(t_issue, at, side="left")
                                      - np.searchsorted(t_start, at, side="right"), 0)
-        parts.append(pd.DataFrame({
-            "device": device, "stream": st, "correlation": launches.correlation[li],
-            "name": [ev.names[c] for c in ev.name[launches.row[li]]], "tid": launches.tid[li],
+        parts.append(Table({
+            "device": np.full(li.size, device), "stream": st, "correlation": launches.correlation[li],
+            "name": np.array([ev.names[c] for c in ev.name[launches.row[li]]], dtype=object), "tid": launches.tid[li],
             "start_us": launches.start_us[li] + ev.origin_us, "end_us": launches.end_us[li] + ev.origin_us,
             "gpu_start_us": gpu_start + ev.origin_us, "launch_delay_us": gpu_start - launches.end_us[li],
             "queue_depth": depth, "ops": n_ops,
         }))
-    if not parts:
-        return pd.DataFrame(columns=["device", "stream", "correlation", "name", "tid", "start_us", "end_us",
-                                     "gpu_start_us", "launch_delay_us", "queue_depth", "ops"])
-    frame = pd.concat(parts, ignore_index=True)
-    order = np.argsort(frame["start_us"].to_numpy(), kind="stable")
-    return frame.take(order).reset_index(drop=True)
+    table = Table.concat(parts, LAUNCH_COLUMNS)
+    return table.take(np.argsort(table["start_us"], kind="stable"))

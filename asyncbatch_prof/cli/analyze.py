@@ -203,10 +203,10 @@ def _print_summary(ta, target: Path | None, rank_set=None) -> None:
     if ta.has_gpu:
         for why, names in _absent_by_reason(doc["absent"]).items():
             console.print(markup_safe(f"absent ({why}): {', '.join(names)}"), style="dim")
-        if len(ta.phases):
+        if doc["phases"]:
             console.print(f"host-bound idle by CPU phase ({ta.window} window):")
-            for row in ta.phases.head(8).itertuples():
-                console.print(f"  {row.host_bound_pct:6.2f} %  {markup_safe(str(row.phase)[:100])}")
+            for row in doc["phases"][:8]:
+                console.print(f"  {row['host_bound_pct']:6.2f} %  {markup_safe(str(row['phase'])[:100])}")
         steps = doc.get("steps", {})
         if steps.get("count"):
             console.print(f"{steps['count']} profiled steps: wall p50 {steps['wall_us_p50'] / 1e3:.3f} ms, "

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Sequence
 from asyncbatch_prof import runfolder as rf
 from asyncbatch_prof.errors import AbprofError
 
-if TYPE_CHECKING:  # not at import: `abprof analyze` reads pipeline.options through the CLI, not the runner
+if TYPE_CHECKING:  # the runner imports the report (plotly, pandas): not for every command that names an option
     from asyncbatch_prof.pipeline.runner import RunOutcome
 
 
