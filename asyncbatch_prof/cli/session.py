@@ -16,7 +16,8 @@ from asyncbatch_prof.analysis.repeats import spread_warnings
 from asyncbatch_prof.pipeline import compare_outcomes
 from asyncbatch_prof.pipeline.repeats import fail_folder, merge_folder, start_folder
 from asyncbatch_prof.pipeline.plan import RunPlan, RunSpec
-from asyncbatch_prof.pipeline.runner import EngineSession, RunOutcome, build_session, fail_reason, run_one
+from asyncbatch_prof.pipeline.outcome import RunOutcome
+from asyncbatch_prof.pipeline.runner import EngineSession, build_session, fail_reason, run_one
 
 
 def execute(plan: RunPlan, console: Console | None = None, err: Console | None = None) -> int:

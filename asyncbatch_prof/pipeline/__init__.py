@@ -11,7 +11,7 @@ from asyncbatch_prof import runfolder as rf
 from asyncbatch_prof.errors import AbprofError
 
 if TYPE_CHECKING:  # the runner imports the report (plotly, pandas): not for every command that names an option
-    from asyncbatch_prof.pipeline.runner import RunOutcome
+    from asyncbatch_prof.pipeline.outcome import RunOutcome
 
 
 def compare_outcomes(outcomes: Sequence[RunOutcome], out_path: Path) -> str:

@@ -23,7 +23,7 @@ from typing import Any, Sequence
 from asyncbatch_prof import runfolder as rf
 from asyncbatch_prof.analysis.repeats import merge_repeats, representative
 from asyncbatch_prof.pipeline.plan import RunSpec
-from asyncbatch_prof.pipeline.runner import RunOutcome, jsonable, now_iso
+from asyncbatch_prof.pipeline.outcome import RunOutcome, jsonable, now_iso
 from asyncbatch_prof.report.run_view import view_from_memory
 
 COPIED = (rf.TRACE, rf.NVML_CSV, rf.REQUESTS_CSV)

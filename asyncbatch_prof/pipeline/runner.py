@@ -9,7 +9,6 @@ leaves ``INCOMPLETE`` holding the reason; a killed process leaves it as it was (
 
 from __future__ import annotations
 
-import datetime as _dt
 import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -22,24 +21,9 @@ from asyncbatch_prof.capture.nvml import nvml_csv
 from asyncbatch_prof.capture.recorder import Capture, StepCallback, record
 from asyncbatch_prof.engines import tokens_digest
 from asyncbatch_prof.errors import AbprofError
+from asyncbatch_prof.pipeline.outcome import RunOutcome, check_rejected, jsonable, now_iso
 from asyncbatch_prof.pipeline.plan import RunSpec
-from asyncbatch_prof.report.run_view import RunView, view_from_memory
-
-
-@dataclass
-class RunOutcome:
-    """What a finished run left: its folder, metrics.json and run.json documents, and the report's view
-    of it (the trace analysis included), for the summary and the comparison."""
-
-    run_dir: Path
-    metrics: dict[str, Any]
-    run: dict[str, Any]
-    view: RunView | None = None
-
-
-def now_iso() -> str:
-    """Current UTC time, ISO 8601 with seconds."""
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+from asyncbatch_prof.report.run_view import view_from_memory
 
 
 def fail_reason(exc: BaseException) -> str:
@@ -133,13 +117,6 @@ def check_evidence(capture: Capture, spec: RunSpec) -> None:
                           "window or more requests", exit_code=1)
 
 
-def check_rejected(records: list) -> None:
-    """Fail the run (exit 1) when the engine rejected every request: it measured nothing."""
-    if records and all(r.finish_reason == "rejected" for r in records):
-        why = next((r.rejected_reason for r in records if r.rejected_reason), None) or "no reason given"
-        raise AbprofError(f"the engine rejected all {len(records)} requests ({why})", exit_code=1)
-
-
 def _finish(spec: RunSpec, run_dir: Path, run_doc: dict, capture: Capture) -> RunOutcome:
     result = capture.result
     profiled = capture.profiled_steps(spec.window)
@@ -171,14 +148,3 @@ def _finish(spec: RunSpec, run_dir: Path, run_doc: dict, capture: Capture) -> Ru
     view.run = run_doc
     rf.mark_complete(run_dir, run_doc)
     return RunOutcome(run_dir, doc, run_doc, view)
-
-
-def jsonable(value: Any) -> Any:
-    """Replace NaN/inf (which JSON cannot hold) with None, recursively; other values as they are."""
-    if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
-        return None
-    if isinstance(value, dict):
-        return {str(k): jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonable(v) for v in value]
-    return value

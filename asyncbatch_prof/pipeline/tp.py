@@ -10,7 +10,7 @@ rank-set metrics), ``ranks/rank{r}.metrics.json``, ``ranks.html`` (the rank-set 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 from asyncbatch_prof import __version__
 from asyncbatch_prof import runfolder as rf
@@ -19,7 +19,7 @@ from asyncbatch_prof.capture.nvml import nvml_csv, nvml_metrics
 from asyncbatch_prof.errors import AbprofError
 from asyncbatch_prof.pipeline.plan import RunSpec
 from asyncbatch_prof.pipeline.rankset import RANK_DOCS, write_rank_set, write_ranks_unmerged
-from asyncbatch_prof.pipeline.runner import RunOutcome, check_rejected, jsonable, now_iso
+from asyncbatch_prof.pipeline.outcome import RunOutcome, check_rejected, jsonable, now_iso
 from asyncbatch_prof.report.run_view import view_from_memory
 
 LAUNCH_LATENCY_US = 30.0  # the analysis' default threshold (as ``abprof analyze``)
