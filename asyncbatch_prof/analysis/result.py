@@ -163,13 +163,21 @@ def analyze(path: str | Path, launch_latency_threshold_us: float = 30.0,
     know; ``max_trace_bytes`` caps the decompressed bytes read (loader.load_trace). ``tool_version`` goes
     into the document's ``tool`` (the caller knows it; the analysis does not import the package above it).
     Raises TraceError (exit 2 in the CLI) for unreadable input."""
+    return analyze_with_events(path, launch_latency_threshold_us, steps_config, max_trace_bytes, tool_version)[0]
+
+
+def analyze_with_events(path: str | Path, launch_latency_threshold_us: float = 30.0,
+                        steps_config: StepsConfig | None = None, max_trace_bytes: int | None = None,
+                        tool_version: str | None = None) -> tuple[TraceAnalysis, TraceEvents]:
+    """:func:`analyze`, also returning the loaded events: a file holding several devices is then merged as a
+    rank set from the same parse (rankset.rank_set_of_file)."""
     if not 0 <= launch_latency_threshold_us < float("inf"):  # NaN fails both comparisons
         raise TraceError(f"the launch-latency threshold must be a finite non-negative number of µs, "
                          f"not {launch_latency_threshold_us}")
     ev = load_trace(path, max_trace_bytes)
     analysis = TraceAnalysis(Path(path), ev, launch_latency_threshold_us, steps_config, tool_version)
     _check_finite(analysis.doc, path)
-    return analysis
+    return analysis, ev
 
 
 def _check_finite(doc: dict[str, Any], path: str | Path) -> None:

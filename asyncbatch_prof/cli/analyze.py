@@ -59,7 +59,7 @@ def analyze(
     """
     with cli_errors():
         from asyncbatch_prof import __version__
-        from asyncbatch_prof.analysis import analyze as run_analysis
+        from asyncbatch_prof.analysis.result import analyze_with_events
         from asyncbatch_prof.analysis.ranks import find_rank_traces
         from asyncbatch_prof.runfolder import atomic_write_json
         from asyncbatch_prof.analysis.reader import parse_size
@@ -76,17 +76,18 @@ def analyze(
         config = load_steps_config(steps_config) if steps_config is not None else None
         cap = None if max_trace_bytes is None else parse_size(max_trace_bytes, "--max-trace-bytes")
         target = _target(trace, out)
-        ta = run_analysis(trace, launch_latency_threshold_us=threshold_us, steps_config=config, max_trace_bytes=cap,
-                          tool_version=__version__)
-        if len(ta.devices) > 1:
-            from asyncbatch_prof.analysis.rankset import analyze_rank_set
+        ta, events = analyze_with_events(trace, launch_latency_threshold_us=threshold_us, steps_config=config,
+                                         max_trace_bytes=cap, tool_version=__version__)
+        if len(ta.devices) > 1:  # several devices in one file: a rank set, from the same parse
+            from asyncbatch_prof.analysis.rankset import rank_set_of_file
             from asyncbatch_prof.cli.ranks import write_rank_set
 
-            rank_set = analyze_rank_set(trace, threshold_us, tool_version=__version__)
+            rank_set = rank_set_of_file(trace, ta, events)
             if target is not None:
                 write_rank_set(rank_set, target.parent, base_doc=ta.doc)
         elif target is not None:
             atomic_write_json(target, ta.doc)
+        del events  # the trace's arrays: not needed past the rank set
         if as_json:
             typer.echo(json.dumps(ta.doc if rank_set is None or target is None else json.loads(target.read_text()),
                                   indent=2))

@@ -97,6 +97,24 @@ def test_one_file_two_devices_each_with_its_own_engine_thread(tmp_path):
     assert (out / "ranks" / "rank1.metrics.json").is_file()
 
 
+def test_one_file_two_devices_is_parsed_once_by_analyze(tmp_path, monkeypatch):
+    """abprof analyze merges a multi-device file as a rank set from the parse it analyzed, not a second one."""
+    from asyncbatch_prof.analysis import loader, rankset, result
+
+    path, loads = _two_devices(tmp_path), []
+
+    def counting(*args, **kwargs):
+        loads.append(args[0])
+        return loader.load_trace(*args, **kwargs)
+
+    monkeypatch.setattr(result, "load_trace", counting)
+    monkeypatch.setattr(rankset, "load_trace", counting)
+    out = tmp_path / "out"
+    cli_result = CliRunner().invoke(app, ["analyze", str(path), "-o", str(out)])
+    assert cli_result.exit_code == 0, cli_result.output
+    assert loads == [path] and sorted(json.loads((out / "metrics.json").read_text())["ranks"]) == ["0", "1"]
+
+
 def _rank_trace(builder, path: Path, coll_start: float, launch_at: float, compute: bool, late_phase: bool) -> Path:
     b = builder(absolute=True)
     if compute:
