@@ -105,18 +105,22 @@ class _Event(msgspec.Struct, tag_field="ph", tag="X", gc=False):
 _OTHER_PHASES = {ph: msgspec.defstruct(f"_Phase{i}", [], tag_field="ph", tag=ph, gc=False)
                  for i, ph in enumerate("BEiICbneNODPRSTpFstfM()")}
 _DECODER = msgspec.json.Decoder(list[Union[(_Event, *_OTHER_PHASES.values())]])  # type: ignore[misc]
-
-
-def _typed(chunk: bytes) -> list | None:
-    """The chunk's typed records, None where they do not decode (the generic path takes it)."""
-    try:
-        return _DECODER.decode(chunk)
-    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError):
-        return None
 _PHASE_CODES = {_Event: 1, **{_OTHER_PHASES[ph]: 2 for ph in "stf"}, _OTHER_PHASES["M"]: 3}
 _GET = {f: operator.attrgetter(f) for f in ("cat", "name", "pid", "tid", "ts", "dur", "args", "correlation",
                                              "bytes")}
 _ID_LIMIT = 2**62
+
+
+def _typed(chunk: bytes | memoryview) -> list | None:
+    """The chunk's typed records, None where they do not decode (the generic path takes it). A value nested
+    past msgspec's recursion limit lies below every field read: it is cut to null (reader.shallow)."""
+    try:
+        try:
+            return _DECODER.decode(chunk)
+        except RecursionError:
+            return _DECODER.decode(shallow(chunk))
+    except (msgspec.ValidationError, msgspec.DecodeError):
+        return None
 
 
 class _Columns:
@@ -136,13 +140,7 @@ class _Columns:
     def add_chunk(self, chunk: bytes | memoryview) -> None:
         """Decode one ``[...]`` chunk of events: typed (msgspec) where every field has the expected JSON
         type, else generic (orjson dicts) so that odd values take the same path as a whole-file parse."""
-        try:
-            events = _DECODER.decode(chunk)
-        except RecursionError:  # nested past every decoder's limit, below the fields read: cut to null
-            chunk = shallow(chunk)
-            events = _typed(chunk)
-        except (msgspec.ValidationError, msgspec.DecodeError):
-            events = None
+        events = _typed(chunk)
         if events is None:
             self.add(_loads(chunk))
             return
