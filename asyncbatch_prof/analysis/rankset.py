@@ -49,7 +49,8 @@ def analyze_rank_set(path: str | Path, threshold_us: float = 30.0, jobs: int | N
     source = find_rank_traces(path)
     if source.kind in ("file", "run"):
         ev = load_trace(source.files[0])
-        return rank_set_of_file(path, TraceAnalysis(source.files[0], ev, threshold_us, tool_version=tool_version), ev)
+        ta = TraceAnalysis(source.files[0], ev, threshold_us, tool_version=tool_version)
+        return rank_set_of_file(source, ta, ev)
     jobs = default_jobs(len(source.files)) if jobs is None else jobs
     parts = [p for per_file in analyze_files(source.files, threshold_us, jobs) for p in per_file]
     rs = merge(source, parts, by_device=False, jobs=jobs)
@@ -57,10 +58,10 @@ def analyze_rank_set(path: str | Path, threshold_us: float = 30.0, jobs: int | N
     return rs
 
 
-def rank_set_of_file(path: str | Path, ta: TraceAnalysis, ev) -> RankSet:
-    """The rank set of one file holding several devices, from its analysis and the events it was made of
-    (``abprof analyze`` parses the file once for both)."""
-    rs = merge(find_rank_traces(path), parts_of(ta, ev), by_device=True, jobs=1)
+def rank_set_of_file(source: RankSetSource, ta: TraceAnalysis, ev) -> RankSet:
+    """The rank set of one file holding several devices (``source``: that file or its run folder), from its
+    analysis and the events it was made of (``abprof analyze`` parses the file once for both)."""
+    rs = merge(source, parts_of(ta, ev), by_device=True, jobs=1)
     rs.doc["tool"]["version"] = ta.tool_version
     return rs
 

@@ -82,7 +82,7 @@ def analyze(
             from asyncbatch_prof.analysis.rankset import rank_set_of_file
             from asyncbatch_prof.cli.ranks import write_rank_set
 
-            rank_set = rank_set_of_file(trace, ta, events)
+            rank_set = rank_set_of_file(find_rank_traces(trace), ta, events)
             if target is not None:
                 write_rank_set(rank_set, target.parent, base_doc=ta.doc)
         elif target is not None:
