@@ -46,7 +46,6 @@ import argparse
 import datetime
 import json
 import math
-import os
 import statistics
 import subprocess
 import sys
@@ -142,11 +141,12 @@ class Nvml:
 
 def nvml_pair(engine, requests, cuda: bool, cfg: dict, first_with: bool) -> dict:
     """Two consecutive unprofiled passes, one with the NVML sampler running: its cost per step."""
-    medians = {}
+    medians, sampler = {}, None
     for with_nvml in (first_with, not first_with):
         with Nvml(cuda and with_nvml) as n:
             medians[with_nvml] = steady_median_ms(engine.generate(requests), cfg)
-        sampler = n.sampler.sampler if n.sampler is not None else None
+        if n.sampler is not None:  # which sampler ran (a child process, or the thread fallback)
+            sampler = n.sampler.sampler
     return {"arm": "nvml", "on_ms_median": medians[True], "off_ms_median": medians[False],
             "overhead_pct": 100 * (medians[True] / medians[False] - 1), "nvml_sampler": sampler,
             "switch_ms_max": None}
