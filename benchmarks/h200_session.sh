@@ -51,6 +51,8 @@ run_steps() {
         --out "$W/headline-transformers-variants" --engines transformers --only small-batch large-batch --timeout 280 ;;
     engine-speed) step engine-speed python3 benchmarks/engine_speed.py --out "$W/engine-speed" --budget-s 440 ;;
     overhead) step overhead python3 benchmarks/overhead.py --out "$W/overhead" --repeats "${REPEATS:-4}" ;;
+    overhead-one-graph) step overhead-one-graph python3 benchmarks/overhead.py --out "$W/overhead-one-graph" \
+        --repeats "${REPEATS:-4}" --one-graph --arms default ;;
     transformers-small) step transformers-small bash -c "abprof run --engine transformers --mode sync --requests 64 \
         --output-len fixed:64 --out $W/transformers-small/sync && abprof run --engine transformers --mode async \
         --requests 64 --output-len fixed:64 --out $W/transformers-small/async" ;;
@@ -61,6 +63,8 @@ run_steps() {
     tp1) step tp1 bash -c "abprof run --tp 1 --mode both --out $W/tp1/tp1 && abprof run --mode both --out $W/tp1/plain \
         && abprof compare $W/tp1/plain/sync $W/tp1/tp1/sync --out $W/tp1/sync.html \
         && abprof compare $W/tp1/plain/async $W/tp1/tp1/async --out $W/tp1/async.html" ;;
+    lingering) step lingering python3 benchmarks/cupti_lingering.py --out "$W/lingering" --repeats "${REPEATS:-3}" ;;
+    engine-cuda) step engine-cuda python3 -m pytest -q -m cuda tests/engine/test_engine_cuda.py tests/engine/test_engine_split.py -p no:cacheprovider ;;
     graph-cupti) step graph-cupti python3 benchmarks/graph_cupti.py --out "$W/graph-cupti" ;;
     rank-scaling) step rank-scaling python3 benchmarks/rank_set_scaling.py --ranks 8 ;;
     *) echo "unknown step $s" ;;

@@ -10,11 +10,14 @@ recording, then ``warm`` steps with the recording on but left out (as abprof run
 then ``on`` steps, recorded and measured, and again (the NVML sampler, below, is measured by whole passes). Each step's wall time comes from the engine's own
 (start, end) timestamps (``GenerateResult.step_spans_s``, always on); starting and stopping the recording
 happens between steps, so it is outside the timed steps and is reported on its own. A pass's overhead is
-its median ``on`` step over its median ``off`` step, minus one (the first ``off`` step after each stop is
-left out): the recorded steps are compared with unrecorded steps of the same batch a few steps away, in
-the same pass. Passes of whole-run length vary by up to 10% from pass to pass in the sync loop (host-side
-Python time), which a comparison across passes cannot tell from the profiler. Every *arm* runs once per
-repeat, in an order rotated from repeat to repeat; over the repeats: the mean and a 95% t-interval.
+the median over its ``on`` blocks of the block's median step over the mean of the median ``off`` steps of
+the blocks either side of it, minus one (the first ``off`` step after each stop is left out): the recorded
+steps are compared with unrecorded steps of the same batch a few steps away. The sync loop's host time
+moves between two levels about 0.5 ms apart (0.6 and 1.2 ms of host work per step on the H200), from pass to
+pass and within a pass (reports/h200/cupti-lingering.json), which a comparison across passes, or of a whole
+pass's medians (``overhead_pct_pass_medians``, kept for comparison), cannot tell from the profiler. Every
+*arm* runs once per repeat, in an order rotated from repeat to repeat; over the repeats: the mean and a 95%
+t-interval. The engine runs its default piecewise decode graphs (``--one-graph``: one graph per batch size).
 
 Arms. The NVML sampler runs through every pass, as abprof run runs it through the whole run; the profiler
 arms switch torch.profiler on in the ``warm`` and ``on`` blocks:
@@ -181,15 +184,26 @@ def blocks_pass(engine, requests, arm: str, cuda: bool, cfg: dict) -> dict:
     lo, hi = cfg["steady"]
     hi = min(hi, result.num_steps - 1)
     on, off = [], []
+    cycles: dict[int, dict[str, list[float]]] = {}  # per off/warm/on cycle: its off and on steps
     for k in range(lo, hi):
         ms = 1e3 * (result.step_spans_s[k][1] - result.step_spans_s[k][0])
+        c = cycles.setdefault((k - lo) // sum(cfg["blocks"]), {"off": [], "on": []})
         if phase_of(k, cfg) == "on":
             on.append(ms)
+            c["on"].append(ms)
         elif phase_of(k, cfg) == "off" and phase_of(k - 1, cfg) != "on":
             off.append(ms)
+            c["off"].append(ms)
+    # each on block against the off blocks either side of it (the host's speed drifts within a pass)
+    ratios = []
+    for i, c in sorted(cycles.items()):
+        sides = [statistics.median(x["off"]) for x in (c, cycles.get(i + 1)) if x is not None and x["off"]]
+        if c["on"] and sides:
+            ratios.append(statistics.median(c["on"]) / statistics.fmean(sides))
     return {"arm": arm, "on_ms_median": statistics.median(on), "off_ms_median": statistics.median(off),
-            "on_steps": len(on), "off_steps": len(off),
-            "overhead_pct": 100 * (statistics.median(on) / statistics.median(off) - 1),
+            "on_steps": len(on), "off_steps": len(off), "blocks": len(ratios),
+            "overhead_pct": 100 * (statistics.median(ratios) - 1),
+            "overhead_pct_pass_medians": 100 * (statistics.median(on) / statistics.median(off) - 1),
             "switch_ms_max": 1e3 * max(switch_s) if switch_s else None,
             "switch_ms_total": 1e3 * sum(switch_s) if switch_s else None}
 
@@ -244,7 +258,7 @@ def abprof_like_pass(engine, requests, window, cuda: bool, tmp: Path) -> dict:
     return {"window_start_stop_ms_max": 1e3 * max(calls), "stop_and_export_s": export_s}
 
 
-def run_part(mode: str, cfg: dict, repeats: int) -> dict:
+def run_part(mode: str, cfg: dict, repeats: int, arms: tuple[str, ...] = ARMS, piecewise: bool = True) -> dict:
     import torch
 
     from asyncbatch_prof.capture.profiler import ProfileWindow
@@ -255,7 +269,7 @@ def run_part(mode: str, cfg: dict, repeats: int) -> dict:
     first, active = default_window(workload, cfg["max_batch_tokens"], cfg["max_seqs"], WARMUP_STEPS)
     window = ProfileWindow(wait=first - WARMUP_STEPS, warmup=WARMUP_STEPS, active=active)
     engine = LLMEngine(EngineConfig(model=cfg["model"], mode=mode, max_seqs=cfg["max_seqs"],
-                                    max_batch_tokens=cfg["max_batch_tokens"], seed=0))
+                                    max_batch_tokens=cfg["max_batch_tokens"], seed=0, piecewise_graphs=piecewise))
     cuda = engine.device.type == "cuda"
     requests = make_workload(WorkloadConfig(**workload), vocab_size=engine.vocab_size)
     engine.warmup()
@@ -273,13 +287,13 @@ def run_part(mode: str, cfg: dict, repeats: int) -> dict:
     print(json.dumps(lingering), flush=True)
     passes = []
     for r in range(repeats):
-        for arm in ARMS[r % len(ARMS):] + ARMS[:r % len(ARMS)]:
+        for arm in arms[r % len(arms):] + arms[:r % len(arms)]:
             one = nvml_pair(engine, requests, cuda, cfg, r % 2 == 0) if arm == "nvml" else \
                 blocks_pass(engine, requests, arm, cuda, cfg)
             passes.append({"repeat": r, **one})
             print(json.dumps(passes[-1]), flush=True)
     launches = {"off": graph_replay_us(engine, cuda)}
-    for arm in PROFILER_ARMS:
+    for arm in [a for a in PROFILER_ARMS if a in arms]:
         rec = Recording(arm, cuda)
         rec.start()
         try:
@@ -287,18 +301,19 @@ def run_part(mode: str, cfg: dict, repeats: int) -> dict:
         finally:
             rec.stop()
     lingering["graph_replay_us_after_everything"] = graph_replay_us(engine, cuda)
+    engine_doc = engine.describe()
     engine.close()
-    arms = {}
-    for arm in ARMS:
+    by_arm = {}
+    for arm in arms:
         mine = [p for p in passes if p["arm"] == arm]
         mean, ci = mean_ci95([p["overhead_pct"] for p in mine])
-        arms[arm] = {"overhead_pct": mean, "ci95": ci, "per_repeat_pct": [p["overhead_pct"] for p in mine],
-                     "switch_ms_max": _max([p["switch_ms_max"] for p in mine])}
+        by_arm[arm] = {"overhead_pct": mean, "ci95": ci, "per_repeat_pct": [p["overhead_pct"] for p in mine],
+                       "switch_ms_max": _max([p["switch_ms_max"] for p in mine])}
     return {"mode": mode, "steady_steps": list(cfg["steady"]), "blocks_off_warm_on": list(cfg["blocks"]),
             "abprof_window": {"first": window.first, "last": window.first + window.active - 1},
-            "engine": engine.describe(), "cuda": cuda, "device_name": torch.cuda.get_device_name(0) if cuda else "cpu",
-            "arms": arms, "passes": passes, "lingering": lingering, "graph_replay_us": launches,
-            "overhead_pct": arms["default"]["overhead_pct"], "ci95": arms["default"]["ci95"]}
+            "engine": engine_doc, "cuda": cuda, "device_name": torch.cuda.get_device_name(0) if cuda else "cpu",
+            "arms": by_arm, "passes": passes, "lingering": lingering, "graph_replay_us": launches,
+            "overhead_pct": by_arm["default"]["overhead_pct"], "ci95": by_arm["default"]["ci95"]}
 
 
 def _max(xs):
@@ -350,7 +365,8 @@ def markdown(doc: dict) -> str:
                          f"{_f(a['switch_ms_max'], '.0f')} |")
     lines += ["", "Steps: " + "; ".join(f"{m}: steady steps {p['steady_steps'][0]}-{p['steady_steps'][1]}, blocks "
                                          f"off/warm/on {'/'.join(map(str, p['blocks_off_warm_on']))}, abprof run's "
-                                         f"window {p['abprof_window']['first']}-{p['abprof_window']['last']}"
+                                         f"window {p['abprof_window']['first']}-{p['abprof_window']['last']}, "
+                                         f"decode graph pieces at layers {p['engine'].get('graph_piece_layers')}"
                                          for m, p in parts), "",
               "Host time of one replay of the engine's largest decode CUDA graph (median of 200, us): before any "
               "profiler started in the process, just after the first one stopped, under each arm, and with nothing "
@@ -380,13 +396,19 @@ def main(argv=None) -> int:
     p.add_argument("--dry-run", action="store_true", help="CPU, tiny preset, 2 repeats")
     p.add_argument("--repeats", type=int)
     p.add_argument("--part", choices=["sync", "async"], help=argparse.SUPPRESS)
+    p.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS), help="arms to run (default: all)")
+    p.add_argument("--one-graph", action="store_true",
+                   help="the engine's decode graphs in one piece per batch size (default: piecewise)")
     p.add_argument("--timeout", type=int, default=280, help="seconds per loop's process")
     args = p.parse_args(argv)
     cfg = PRESETS["dry" if args.dry_run else "full"]
     repeats = args.repeats or cfg["repeats"]
     out = Path(args.out)
     if args.part:
-        doc = run_part(args.part, cfg, repeats)
+        arms = tuple(a for a in ARMS if a in args.arms)
+        if "default" not in arms:
+            p.error("--arms must include default")
+        doc = run_part(args.part, cfg, repeats, arms, piecewise=not args.one_graph)
         (out / f".overhead-{args.part}.json").write_text(json.dumps(doc))
         return 0
     out.mkdir(parents=True, exist_ok=True)
@@ -396,7 +418,7 @@ def main(argv=None) -> int:
         part_file = out / f".overhead-{mode}.json"
         part_file.unlink(missing_ok=True)
         cmd = [sys.executable, __file__, "--out", str(out), "--part", mode, "--repeats", str(repeats)]
-        cmd += ["--dry-run"] if args.dry_run else []
+        cmd += (["--dry-run"] if args.dry_run else []) + ["--arms", *args.arms] + (["--one-graph"] if args.one_graph else [])
         try:
             proc = subprocess.run(cmd, timeout=args.timeout, capture_output=True, text=True)
             err = None if proc.returncode == 0 else (proc.stderr.strip().splitlines() or ["exit"])[-1]

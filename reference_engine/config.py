@@ -56,6 +56,9 @@ class EngineConfig:
     num_blocks: int | None = None  # None: from kv_cache_memory_gb (or a default budget)
     kv_cache_memory_gb: float | None = None
     cuda_graphs: bool | None = None  # None: on for CUDA, off on CPU
+    # each decode graph in a few pieces over growing runs of layers (cuda_graphs.piece_bounds), so that the
+    # GPU starts on the first while the host launches the rest; False: one graph per batch size
+    piecewise_graphs: bool = True
     seed: int = 0
     enable_eos: bool = False
     max_model_len: int | None = None  # None: the model's max_position_embeddings
@@ -102,6 +105,8 @@ class EngineConfig:
             problems.append(f"kv_cache_memory_gb must be None or > 0, got {self.kv_cache_memory_gb!r}")
         if self.max_model_len is not None and (not isinstance(self.max_model_len, int) or self.max_model_len < 2):
             problems.append(f"max_model_len must be None or an integer >= 2, got {self.max_model_len!r}")
+        if not isinstance(self.piecewise_graphs, bool):
+            problems.append(f"piecewise_graphs must be a bool, got {self.piecewise_graphs!r}")
         if not isinstance(self.split_prefill_decode, bool):
             problems.append(f"split_prefill_decode must be a bool, got {self.split_prefill_decode!r}")
         if not isinstance(self.tp_size, int) or isinstance(self.tp_size, bool) or self.tp_size < 1:

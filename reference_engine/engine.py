@@ -80,7 +80,7 @@ class LLMEngine:
                                   max_seqs=cfg.max_seqs, block_size=cfg.block_size,
                                   max_model_len=self.max_model_len, device=device, cuda_graphs=graphs,
                                   worker_thread=cfg.mode == "async", split_prefill_decode=cfg.split_prefill_decode,
-                                  tp=self.tp, tp_overlap=cfg.tp_overlap)
+                                  tp=self.tp, tp_overlap=cfg.tp_overlap, piecewise_graphs=cfg.piecewise_graphs)
         self.cuda_graphs = bool(self.runner.graphs)
         self.notes: list[str] = []  # facts a report should mention
         if device.type == "cpu":
@@ -192,6 +192,7 @@ class LLMEngine:
             "block_size": cfg.block_size, "num_blocks": self.num_blocks,
             "kv_cache_gb": self.kv_cache.numel() * self.kv_cache.element_size() / 1e9,
             "cuda_graphs": self.cuda_graphs, "graph_batch_sizes": list(self.runner.graph_sizes),
+            "graph_piece_layers": self.runner.piece_bounds,
             "attention_backend": "triton" if (self.device.type == "cuda" and _triton_backend()) else "torch",
             "split_prefill_decode": cfg.split_prefill_decode, "tp_size": cfg.tp_size, "tp_overlap": cfg.tp_overlap,
             "rank": self.rank,

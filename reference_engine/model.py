@@ -185,10 +185,24 @@ class CausalLM(nn.Module):
         ``input_ids`` may be longer than ``meta.slot_mapping``: the extra rows are padding (so that few
         distinct GEMM shapes occur); attention skips them and their outputs are meaningless.
         """
-        x, residual = self.embed_tokens(input_ids), None
-        cos_sin = self.rope(positions)
-        for i, layer in enumerate(self.layers):
-            x, residual = layer(x, residual, cos_sin, meta, kv_cache[0, i], kv_cache[1, i])
+        state = self.run_layers(self.start(input_ids, positions), meta, kv_cache, 0, len(self.layers))
+        return self.finish(state)
+
+    # forward in pieces (the piecewise decode CUDA graphs): start → run_layers over ranges → finish
+    def start(self, input_ids, positions) -> tuple:
+        """The state before layer 0: ``(x, residual, cos_sin)``."""
+        return self.embed_tokens(input_ids), None, self.rope(positions)
+
+    def run_layers(self, state: tuple, meta: AttentionMetadata, kv_cache: torch.Tensor, lo: int, hi: int) -> tuple:
+        """``state`` after layers ``lo``..``hi - 1``."""
+        x, residual, cos_sin = state
+        for i in range(lo, hi):
+            x, residual = self.layers[i](x, residual, cos_sin, meta, kv_cache[0, i], kv_cache[1, i])
+        return x, residual, cos_sin
+
+    def finish(self, state: tuple) -> torch.Tensor:
+        """The final norm: hidden states from the state after the last layer."""
+        x, residual, _ = state
         return self.norm(x, residual)[0]
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:

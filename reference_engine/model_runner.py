@@ -28,7 +28,7 @@ from reference_engine.attention import AttentionMetadata, _triton_backend
 from reference_engine.batch_broadcast import receive_step, send_step
 from reference_engine.cpu_device import CpuDevice
 from reference_engine.cuda_device import CudaDevice
-from reference_engine.cuda_graphs import capture_graphs, graph_size
+from reference_engine.cuda_graphs import DecodeGraph, capture_graphs, graph_size, piece_bounds
 from reference_engine.sampler import SamplingParams, sample
 from reference_engine.scheduler import ScheduledBatch
 from reference_engine.split_step import merge_logits, micro_batches, split_batch
@@ -42,7 +42,8 @@ __all__ = ["ModelRunner", "StepHandle", "StepPlan", "split_batch"]
 class ModelRunner:
     def __init__(self, model, kv_cache: torch.Tensor, *, max_batch_tokens: int, max_seqs: int, block_size: int,
                  max_model_len: int, device: torch.device, cuda_graphs: bool, worker_thread: bool,
-                 split_prefill_decode: bool = False, tp: TPGroup | None = None, tp_overlap: bool = False):
+                 split_prefill_decode: bool = False, tp: TPGroup | None = None, tp_overlap: bool = False,
+                 piecewise_graphs: bool = True):
         self.model = model
         self.tp = tp  # tensor parallelism: rank 0 broadcasts each step's inputs (``batch_broadcast``)
         self.kv_cache = kv_cache
@@ -64,14 +65,16 @@ class ModelRunner:
         self.generator: torch.Generator | None = None
         self._step = 0
         self.device_side = CudaDevice(self) if self.is_cuda else CpuDevice(self, worker_thread)
-        self.graphs: dict[int, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.graphs: dict[int, tuple[DecodeGraph, torch.Tensor]] = {}
         self.graph_sizes: list[int] = []
+        self.piece_bounds: list[int] | None = None  # the decode graphs' layer pieces (with graphs)
         if cuda_graphs:
             if not self.is_cuda:
                 raise ValueError("cuda_graphs=True needs a CUDA device")
             if _triton_backend() is not None:  # the reference attention reads host lists: not capturable
                 self.graphs = capture_graphs(model, kv_cache, self.dev[0], min(max_seqs, max_batch_tokens, 512),
-                                             max_seqs, max_model_len, device)
+                                             max_seqs, max_model_len, device, piecewise_graphs)
+                self.piece_bounds = piece_bounds(len(model.layers), piecewise_graphs)
                 self.graph_sizes = sorted(self.graphs)
 
     @property

@@ -49,3 +49,15 @@ def test_seeded_sampling_sync_equals_async_on_cuda():
     greedy, _ = _tokens("sync", True, **kw)
     assert sync == asyn
     assert sync != greedy
+
+
+def test_piecewise_graphs_give_the_one_graph_tokens_on_cuda():
+    """The decode graphs in pieces (the default) replay the same kernels as one graph: identical tokens."""
+    kw = dict(model="llama-1b", max_batch_tokens=256, max_seqs=16, num_blocks=256)
+    engine = LLMEngine(EngineConfig(mode="sync", device="cuda", **kw))
+    assert engine.describe()["graph_piece_layers"] == [0, 1, 4, 16]
+    assert all(len(g.graphs) == 3 for g, _ in engine.runner.graphs.values())
+    engine.close()
+    pieces, _ = _tokens("sync", True, **kw)
+    one, _ = _tokens("sync", True, piecewise_graphs=False, **kw)
+    assert pieces == one

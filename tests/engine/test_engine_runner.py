@@ -101,3 +101,36 @@ def test_waiting_for_a_host_buffer_is_a_sync_wait():
     waits = [e for e in prof.events() if e.name == "abprof.sync_wait"]
     assert pending.done() and len(waits) == 1
     assert waits[0].cpu_time_total >= 40_000
+
+
+def test_piece_bounds_grow_so_the_host_stays_ahead():
+    from reference_engine.cuda_graphs import piece_bounds
+
+    for n in range(1, 90):
+        b = piece_bounds(n)
+        assert b[0] == 0 and b[-1] == n and b == sorted(set(b))
+        assert b[1] == 1  # the GPU starts after one layer's launch
+        assert all(hi - lo <= 3 * max(lo, 1) for lo, hi in zip(b, b[1:]))
+        assert piece_bounds(n, piecewise=False) == [0, n]
+    assert piece_bounds(16) == [0, 1, 4, 16]
+
+
+def test_forward_in_pieces_is_forward():
+    from reference_engine.attention import AttentionMetadata
+    from reference_engine.config import preset_config
+    from reference_engine.model import CausalLM, init_random_weights
+
+    model = CausalLM(preset_config("tiny")).eval()
+    init_random_weights(model, 0)
+    n, bs = len(model.layers), 16
+    kv = torch.zeros(2, n, 8, bs, model.layers[0].self_attn.num_kv_heads, model.head_dim)
+    ids, pos = torch.tensor([3, 5, 7]), torch.arange(3)
+    meta = AttentionMetadata(torch.arange(3), torch.tensor([0, 3], dtype=torch.int32), torch.tensor([3], dtype=torch.int32),
+                             torch.zeros(1, 1, dtype=torch.int32), 3, 3, [0, 3], [3])
+    with torch.inference_mode():
+        whole = model(ids, pos, meta, kv.clone())
+        state = model.start(ids, pos)
+        kv2 = kv.clone()
+        for lo in range(n):
+            state = model.run_layers(state, meta, kv2, lo, lo + 1)
+        assert torch.equal(model.finish(state), whole)
