@@ -60,6 +60,9 @@ run_steps() {
         --engines reference --only standard --modes sync async async-mixed async-split --timeout 140 ;;
     headline) step headline bash -c "python3 benchmarks/headline.py --out $W/headline --engines reference \
         --modes sync async --overhead-engines --timeout 200 -- --repeats 3; find $W/headline -path '*/r[0-9]*/trace.json.gz' -delete" ;;
+    headline-standard) step headline-standard bash -c "python3 benchmarks/headline.py --out $W/headline-standard \
+        --engines reference --only standard --modes sync async --timeout 200 -- --repeats 3; \
+        find $W/headline-standard -path '*/r[0-9]*/trace.json.gz' -delete" ;;
     tp1) step tp1 bash -c "abprof run --tp 1 --mode both --out $W/tp1/tp1 && abprof run --mode both --out $W/tp1/plain \
         && abprof compare $W/tp1/plain/sync $W/tp1/tp1/sync --out $W/tp1/sync.html \
         && abprof compare $W/tp1/plain/async $W/tp1/tp1/async --out $W/tp1/async.html" ;;

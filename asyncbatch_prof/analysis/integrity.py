@@ -128,13 +128,32 @@ def _in_capture(ev: TraceEvents, calls: LaunchCalls, host: np.ndarray) -> np.nda
     return captured
 
 
-def _graph_replays_short(ev: TraceEvents, ops: DeviceOps, graph_launches: np.ndarray) -> int:
+def graph_positions(calls: LaunchCalls, idx: np.ndarray, step_starts: np.ndarray | None) -> np.ndarray:
+    """For the graph launch calls ``idx`` (sorted by start): each one's rank among the graph launches of its
+    thread in its profiled step (0, 1, 2 ...); all 0 without steps."""
+    pos = np.zeros(idx.size, dtype=np.int64)
+    if step_starts is None or step_starts.size == 0 or idx.size == 0:
+        return pos
+    step = np.searchsorted(step_starts, calls.start_us[idx], side="right") - 1
+    last: dict[tuple, int] = {}
+    for i, key in enumerate(zip(calls.pid[idx].tolist(), calls.tid[idx].tolist(), step.tolist())):
+        pos[i] = last[key] = last.get(key, -1) + 1
+    return pos
+
+
+def _graph_replays_short(ev: TraceEvents, ops: DeviceOps, graph_launches: np.ndarray,
+                         positions: np.ndarray | None = None) -> int:
     """Graph replays whose kernels are a strict sub-multiset of another replay's (records lost in the replay).
 
     Kineto's records carry no graph id, so a graph is known by its kernels: a replay that recorded every
     kernel of another replay and fewer of them is the same graph with records lost. Two different
-    graphs rarely nest (each has kernels the other lacks), so they are not compared with each other.
+    graphs rarely nest (each has kernels the other lacks), so they are not compared with each other. Those
+    that do nest are pieces of one forward replayed in turn (the reference engine's decode graphs over
+    layers 1-3 and 4-15: the same kernels, fewer of them): ``positions`` (``graph_positions``) keeps them
+    apart, only replays at the same place in their steps being compared.
     """
+    if positions is not None and np.unique(positions).size > 1:
+        return sum(_graph_replays_short(ev, ops, graph_launches[positions == p]) for p in np.unique(positions))
     if graph_launches.size < 2:
         return 0
     sel = np.isin(ops.launch, graph_launches)
@@ -196,7 +215,8 @@ def device_integrity(ev: TraceEvents, dev: int, ops: DeviceOps, calls: LaunchCal
     missing = ~matched & ~captured & ~in_flight & runs_kernels
     copies_missing = ~matched & ~captured & ~in_flight & ~runs_kernels
     graph = calls.kind[mine] == GRAPH_LAUNCH
-    short = _graph_replays_short(ev, ops, calls.launch[mine][graph & matched])
+    replays = mine[graph & matched]
+    short = _graph_replays_short(ev, ops, calls.launch[replays], graph_positions(calls, replays, step_starts))
     graph_lost = int((graph & missing).sum()) + short
     expected = int((~captured & ~in_flight & runs_kernels).sum())
     gpu_end = float(ops.end_us.max())

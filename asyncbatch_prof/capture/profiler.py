@@ -189,10 +189,12 @@ def warm_up_profiler(cuda: bool, log_path: Path | None = None) -> None:
     not inside it.
     Kineto's stderr lines go to ``log_path`` (None: discarded).
 
-    CUPTI stays attached from here on: Kineto detaches it only with ``TEARDOWN_CUPTI=1``, which on torch 2.11
-    + CUDA 13.0 loses the GPU records of every other profiler session (benchmarks/graph_cupti.py, H200), so
-    abprof leaves it unset; attached, it makes every CUDA graph launch cost more on the host with nothing
-    recording (reports/h200/overhead.md measures how much)."""
+    CUPTI stays attached from here on: Kineto detaches it only with ``TEARDOWN_CUPTI=1``, with which on torch
+    2.11 + CUDA 13.0 the CPU+CUDA sessions that followed a CUDA-only one recorded no GPU activity
+    (benchmarks/graph_cupti.py, H200), while two consecutive windows of this module's StepProfiler both
+    recorded all of it (benchmarks/cupti_lingering.py); abprof leaves it unset until that is understood.
+    Attached, it makes every CUDA graph launch cost more on the host with nothing recording
+    (reports/h200/overhead.md measures how much)."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 

@@ -206,3 +206,30 @@ def test_a_window_opened_inside_a_capture_counts_its_launches_as_captured(tmp_pa
     dev = integrity["devices"]["0"]
     assert dev["launches_captured"] == 100 and dev["launches_without_gpu"] == 0
     assert integrity["codes"] == ["capture"]  # 100 captured against 20 GPU records
+
+
+ENGINE_PIECES = ROOT / "tests" / "data" / "traces" / "reference-h200-async-pieces.json.gz"
+
+
+def test_graph_pieces_whose_kernels_nest_are_not_short_replays():
+    """The engine's decode graphs in pieces (layers 1-3 and 4-15: the same kernels, fewer in the first) are
+    compared only with the replays at the same place in their steps."""
+    ta = analyze(ENGINE_PIECES)
+    integrity = ta.doc["trace_integrity"]
+    assert integrity["verdict"] == "ok", integrity["reasons"]
+    dev = integrity["devices"]["0"]
+    assert dev["graph_launches"] == 3 * 64 and dev["graph_replays_short"] == 0
+
+
+def test_a_short_replay_among_graph_pieces_is_still_flagged(tmp_path):
+    doc = _read(ENGINE_PIECES)
+    events = doc["traceEvents"]
+    launches = _graph_correlations(events)
+    drop: set[int] = set()
+    for corr in launches[2::3][::4]:  # every fourth step's last piece loses its second half
+        mine = sorted((e for e in events if e.get("cat") in GPU_CATS and e["args"].get("correlation") == corr),
+                      key=lambda e: e["ts"])
+        drop.update(id(e) for e in mine[len(mine) // 2:])
+    damaged = analyze(_write({**doc, "traceEvents": [e for e in events if id(e) not in drop]}, tmp_path / "t.json.gz"))
+    assert damaged.doc["trace_integrity"]["devices"]["0"]["graph_replays_short"] == 16
+    assert "graph_replays_short" in _codes(damaged)
