@@ -77,6 +77,10 @@ class RunOptions:
     block_size: int = option(16, "KV cache block size, tokens.", panel=ENGINE)
     cuda_graphs: bool | None = option(None, "Decode under CUDA graphs. Default: on with CUDA.",
                                       names=("--cuda-graphs/--no-cuda-graphs",), show_default=False, panel=ENGINE)
+    one_graph: bool = option(False, "Reference engine: each decode CUDA graph in one piece. Default: three pieces "
+                             "over the layers, launched in turn, so that the GPU starts on the first while the host "
+                             "launches the rest (the profiler's cost per recorded sync step: +2.4% against +5.3%, "
+                             "reports/h200/overhead.md).", names=("--one-graph",), panel=ENGINE)
     split_prefill_decode: bool = option(False, "Reference engine: run a step's decodes and prefill chunks as two "
                                         "batches on two CUDA streams, so their kernels overlap (same tokens).",
                                         names=("--split-prefill-decode",), panel=ENGINE)

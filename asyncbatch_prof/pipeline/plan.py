@@ -136,6 +136,8 @@ def _check_options(opts: RunOptions, mode: RunMode, engine: EngineName, cuda: bo
             raise AbprofError("--arrival-rate is not supported with --engine transformers (offline workloads only)")
     if opts.split_prefill_decode and engine is not EngineName.REFERENCE:
         raise AbprofError("--split-prefill-decode is an option of the reference engine")
+    if opts.one_graph and engine is not EngineName.REFERENCE:
+        raise AbprofError("--one-graph is an option of the reference engine")
     _check_tp(opts, engine, cuda)
     if opts.cuda_graphs and not cuda:
         raise AbprofError("--cuda-graphs needs a CUDA device")
@@ -254,6 +256,8 @@ def plan_runs(opts: RunOptions, command: list[str] | None = None) -> RunPlan:
                   max_seqs=opts.max_seqs, block_size=opts.block_size, cuda_graphs=opts.cuda_graphs, seed=opts.seed)
     if opts.split_prefill_decode:  # only when asked: the transformers engine's config has no such field
         config["split_prefill_decode"] = True
+    if opts.one_graph:  # only when asked: the field exists from the engine version that has the pieces
+        config["piecewise_graphs"] = False
     if opts.tp_overlap:  # only when asked: the field exists from the engine version that has the overlap
         config["tp_overlap"] = True
     engine_config(mode.loops[0], {**config, "tp_size": opts.tp or 1})  # validates the engine options

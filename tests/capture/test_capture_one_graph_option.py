@@ -1,0 +1,25 @@
+"""`abprof run --one-graph`: reaches the reference engine's config (``piecewise_graphs=False``), run.json and the
+repeat command; refused for the transformers engine. The pieces themselves run on CUDA only
+(tests/engine/test_engine_cuda.py)."""
+
+from __future__ import annotations
+
+import json
+
+from asyncbatch_prof import runfolder as rf
+
+
+def test_one_graph_flag_reaches_the_engine_config(tmp_path, cli, no_nvml):
+    out = tmp_path / "one"
+    result = cli("run", "--mode", "sync", "--out", out, "--one-graph", "--requests", "2", "--output-len", "fixed:4",
+                 "--engine-warmup-steps", "0", "--warmup-runs", "0", "--profile-steps", "all", "--warmup-steps", "1")
+    assert result.exit_code == 0, result.output
+    run = json.loads((out / rf.RUN_JSON).read_text())
+    assert run["config"]["piecewise_graphs"] is False
+    assert "--one-graph" in run["command"]
+
+
+def test_one_graph_flag_refused_for_transformers(tmp_path, cli):
+    result = cli("run", "--engine", "transformers", "--mode", "sync", "--one-graph", "--out", tmp_path / "t")
+    assert result.exit_code == 2
+    assert "--one-graph is an option of the reference engine" in result.output
