@@ -51,6 +51,8 @@ run_steps() {
         --out "$W/headline-transformers-variants" --engines transformers --only small-batch large-batch --timeout 280 ;;
     engine-speed) step engine-speed python3 benchmarks/engine_speed.py --out "$W/engine-speed" --budget-s 440 ;;
     overhead) step overhead python3 benchmarks/overhead.py --out "$W/overhead" --repeats "${REPEATS:-4}" ;;
+    overhead-sync) step overhead-sync python3 benchmarks/overhead.py --out "$W/overhead-sync" --repeats "${REPEATS:-8}" \
+        --modes sync --arms default ;;
     overhead-one-graph) step overhead-one-graph python3 benchmarks/overhead.py --out "$W/overhead-one-graph" \
         --repeats "${REPEATS:-4}" --one-graph --arms default ;;
     transformers-small) step transformers-small bash -c "abprof run --engine transformers --mode sync --requests 64 \

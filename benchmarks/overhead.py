@@ -353,8 +353,9 @@ def markdown(doc: dict) -> str:
              f"- Command: `{doc['command']}`", "", (__doc__ or "").split("Method. ", 1)[1].strip(), "",
              "| loop | arm | overhead per recorded step (mean) | 95% CI | per repeat | start/stop ms (max) |",
              "|---|---|---|---|---|---|"]
-    parts = [(m, doc[m]) for m in ("sync", "async") if "arms" in doc.get(m, {})]
-    for mode in ("sync", "async"):
+    modes = list(doc.get("summary", ("sync", "async")))
+    parts = [(m, doc[m]) for m in modes if "arms" in doc.get(m, {})]
+    for mode in modes:
         part = doc.get(mode)
         if not part or "arms" not in part:
             lines.append(f"| {mode} | - | failed: {part.get('error') if part else 'not run'} | | | |")
@@ -397,6 +398,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int)
     p.add_argument("--part", choices=["sync", "async"], help=argparse.SUPPRESS)
     p.add_argument("--arms", nargs="+", choices=ARMS, default=list(ARMS), help="arms to run (default: all)")
+    p.add_argument("--modes", nargs="+", choices=["sync", "async"], default=["sync", "async"], help="loops to run")
     p.add_argument("--one-graph", action="store_true",
                    help="the engine's decode graphs in one piece per batch size (default: piecewise)")
     p.add_argument("--timeout", type=int, default=280, help="seconds per loop's process")
@@ -414,7 +416,7 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     doc = {"command": " ".join(["python3", "benchmarks/overhead.py", *(argv or sys.argv[1:])]),
            "environment": environment(args.dry_run)}
-    for mode in ("sync", "async"):
+    for mode in args.modes:
         part_file = out / f".overhead-{mode}.json"
         part_file.unlink(missing_ok=True)
         cmd = [sys.executable, __file__, "--out", str(out), "--part", mode, "--repeats", str(repeats)]
@@ -429,10 +431,10 @@ def main(argv=None) -> int:
         part_file.unlink(missing_ok=True)
         print(f"{mode}: " + (f"{doc[mode]['overhead_pct']:+.2f}% {fmt_ci(doc[mode]['ci95'])}" if err is None else err),
               flush=True)
-    doc["summary"] = {m: {"overhead_pct": doc[m].get("overhead_pct"), "ci95": doc[m].get("ci95")} for m in ("sync", "async")}
+    doc["summary"] = {m: {"overhead_pct": doc[m].get("overhead_pct"), "ci95": doc[m].get("ci95")} for m in args.modes}
     (out / "overhead.json").write_text(json.dumps(doc, indent=1))
     (out / "overhead.md").write_text(markdown(doc))
-    return 0 if all("arms" in doc[m] for m in ("sync", "async")) else 1
+    return 0 if all("arms" in doc[m] for m in args.modes) else 1
 
 
 if __name__ == "__main__":
