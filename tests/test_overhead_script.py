@@ -77,3 +77,20 @@ def test_graph_cupti_page_shows_the_lost_records_under_teardown(tmp_path):
     # with teardown, the CPU+CUDA sessions after the first recorded no GPU activity at all
     assert [torn[k]["cpu+cuda"]["gpu_events_in_trace"] for k in ("before", "after-init", "inside")] == [0, 0, 0]
     assert json.loads(runs[0].read_text())["before"]["cpu+cuda"]["gpu_events_in_trace"] > 0
+
+
+def test_cupti_lingering_dry_run_times_each_phase(tmp_path):
+    """benchmarks/cupti_lingering.py on the CPU: clean, recorded and after passes in a fresh process per loop,
+    each step split into launch, wait and the rest."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "cupti_lingering.py"), "--dry-run", "--out",
+                           str(tmp_path), "--repeats", "1", "--variants", "pieces", "--clean-passes", "2"],
+                          capture_output=True, text=True, timeout=280, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    doc = json.loads((tmp_path / "cupti-lingering.json").read_text())
+    assert set(doc["summary"]) == {"sync/pieces", "async/pieces"}
+    for part in doc["parts"]:
+        assert len(part["clean"]) == len(part["after"]) == 2 and len(part["recorded"]) == 1
+        w = part["clean"][0]["window"]
+        assert 0 < w["launch_ms"] < w["ms"] and 0 <= w["wait_ms"] < w["ms"] and w["rest_ms"] > 0  # medians of parts
+        assert part["recorded"][0]["gpu_events"] == 0  # the CPU: no GPU records
