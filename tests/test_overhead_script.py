@@ -94,3 +94,17 @@ def test_cupti_lingering_dry_run_times_each_phase(tmp_path):
         w = part["clean"][0]["window"]
         assert 0 < w["launch_ms"] < w["ms"] and 0 <= w["wait_ms"] < w["ms"] and w["rest_ms"] > 0  # medians of parts
         assert part["recorded"][0]["gpu_events"] == 0  # the CPU: no GPU records
+
+
+def test_critical_path_breaks_down_the_steps_before_the_first_graph(capsys):
+    cp = load("critical_path")
+    with __import__("gzip").open(REPO / "tests" / "data" / "traces" / "reference-h200-async-pieces.json.gz", "rt") as f:
+        out = cp.breakdown(json.load(f)["traceEvents"])
+    assert out["graph_launches_per_step"] == 3 and out["steps"] == 64
+    rows = out["rows"]
+    assert {"graph launch 1 (host)", "graph launch 3 (host)", "step start to first kernel"} <= set(rows)
+    assert rows["step start to first kernel"]["median_us"] < rows["step"]["median_us"]
+    # 2 H2D copies, 2 staging copies and, in the async loop, the copy of the previous step's tokens into the ids
+    assert rows["before the first graph: cpu_op aten::copy_"]["per_step"] == 5
+    assert cp.main([str(REPO / "tests" / "data" / "traces" / "hta-simple_add.json.gz")]) == 2
+    assert "no abprof.step annotations" in capsys.readouterr().err
