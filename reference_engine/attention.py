@@ -73,7 +73,55 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     backend = _triton_backend() if q.is_cuda else None
     if backend is not None:
         return backend.paged_attention(q, k_cache, v_cache, meta, scale)
-    return paged_attention_reference(q, k_cache, v_cache, meta, scale)
+    return paged_attention_batched(q, k_cache, v_cache, meta, scale)
+
+
+def paged_attention_batched(q, k_cache, v_cache, meta: AttentionMetadata, scale: float) -> torch.Tensor:
+    """``paged_attention_reference`` with every decoding sequence at once: their K/V gathered through the block
+    tables into rows padded to the longest context, one SDPA; a sequence with several queries (a prefill
+    chunk) on its own, as in the reference, so that memory stays that of one sequence's scores.
+
+    On the CPU, whose engine runs this path, the reference's dozen torch calls per sequence and layer held the
+    interpreter lock for most of a decode step. Rows past the last query (padding) are zero."""
+    qsl = meta.query_start_loc_host or meta.query_start_loc.tolist()
+    ctx = meta.context_lens_host or meta.context_lens.tolist()
+    out = torch.zeros_like(q)
+    qlen = [qsl[i + 1] - qsl[i] for i in range(len(ctx))]
+    decodes = [i for i, n in enumerate(qlen) if n == 1]
+    for group in ([decodes] if decodes else []) + [[i] for i, n in enumerate(qlen) if n > 1]:
+        _attend(q, k_cache, v_cache, meta.block_tables, [qsl[i] for i in group], [qlen[i] for i in group],
+                [ctx[i] for i in group], group, scale, out)
+    return out
+
+
+def _attend(q, k_cache, v_cache, block_tables, starts: list[int], qlens: list[int], ctxs: list[int],
+            seqs: list[int], scale: float, out: torch.Tensor) -> None:
+    """Sequences ``seqs`` (their first query rows ``starts``, query counts ``qlens``, context lengths ``ctxs``)
+    in one masked SDPA, written into ``out``."""
+    num_heads, head_dim = q.shape[1], q.shape[2]
+    num_kv_heads, block_size = k_cache.shape[2], k_cache.shape[1]
+    dev = q.device
+    max_q, max_ctx = max(qlens), max(ctxs)
+    start = torch.tensor(starts, device=dev)
+    qlen = torch.tensor(qlens, device=dev)
+    ctx = torch.tensor(ctxs, device=dev)
+    kpos = torch.arange(max_ctx, device=dev)
+    tables = block_tables[torch.tensor(seqs, device=dev), :-(-max_ctx // block_size)].long()
+    # table entries past a sequence's blocks are stale: clamped into the cache, masked below
+    slots = (tables[:, kpos // block_size] * block_size + kpos % block_size).clamp(0, k_cache.shape[0] * block_size - 1)
+    keys = k_cache.reshape(-1, num_kv_heads, head_dim)[slots].to(q.dtype).transpose(1, 2)  # [B, KVH, L, D]
+    values = v_cache.reshape(-1, num_kv_heads, head_dim)[slots].to(q.dtype).transpose(1, 2)
+    if num_heads != num_kv_heads:
+        keys = keys.repeat_interleave(num_heads // num_kv_heads, dim=1)
+        values = values.repeat_interleave(num_heads // num_kv_heads, dim=1)
+    j = torch.arange(max_q, device=dev)
+    valid = j[None, :] < qlen[:, None]  # [B, Q]
+    rows = (start[:, None] + j[None, :]).clamp(max=q.shape[0] - 1)
+    query = q[rows].transpose(1, 2)  # [B, H, Q, D]
+    # query j of a sequence sits at position ctx - qlen + j and sees keys 0 .. that position
+    mask = kpos[None, None, :] <= (ctx[:, None] - qlen[:, None] + j[None, :])[:, :, None]
+    o = F.scaled_dot_product_attention(query, keys, values, attn_mask=mask[:, None], scale=scale).transpose(1, 2)
+    out[rows[valid]] = o[valid]
 
 
 def paged_attention_reference(q, k_cache, v_cache, meta: AttentionMetadata, scale: float) -> torch.Tensor:

@@ -127,3 +127,23 @@ def test_checkpoint_folder_roundtrip(tmp_path):
             ids.append(int(hf(torch.tensor([ids])).logits[0, -1].argmax()))
     assert out == ids[len(prompt):]
     assert engine.describe()["preset"] is None
+
+
+def test_batched_paged_attention_is_the_reference():
+    """The engine's CPU attention (all sequences in one masked SDPA) against the per-sequence reference:
+    decodes, prefill chunks and whole prompts in one batch, grouped heads, stale table entries past each
+    sequence, a sequence with no query in this step, and padding rows after the last query (zero)."""
+    import torch
+
+    from reference_engine.attention import paged_attention_batched, paged_attention_reference
+    from tests.kernels._cases import make_case
+
+    seqs = [(1, 1), (37, 1), (64, 16), (5, 5), (90, 0), (17, 3), (130, 1)]
+    for heads, kv_heads in ((4, 4), (8, 2)):
+        q, kc, vc, meta = make_case(seqs, num_heads=heads, num_kv_heads=kv_heads, head_dim=16, block_size=16,
+                                    dtype=torch.float64, device="cpu", seed=heads)
+        padded = torch.cat([q, torch.randn(5, heads, 16, dtype=q.dtype)])  # bucketed rows past the last query
+        out = paged_attention_batched(padded, kc, vc, meta, 0.25)
+        ref = paged_attention_reference(q, kc, vc, meta, 0.25)
+        torch.testing.assert_close(out[:q.shape[0]], ref, rtol=1e-10, atol=1e-10)
+        assert torch.equal(out[q.shape[0]:], torch.zeros_like(out[q.shape[0]:]))
