@@ -1,6 +1,7 @@
-"""`abprof run --one-graph`: reaches the reference engine's config (``piecewise_graphs=False``), run.json and the
+"""Run options of the reference engine's loops. `abprof run --one-graph`: reaches the reference engine's config (``piecewise_graphs=False``), run.json and the
 repeat command; refused for the transformers engine. The pieces themselves run on CUDA only
-(tests/engine/test_engine_cuda.py)."""
+(tests/engine/test_engine_cuda.py). On the CPU an async run says in one line that the loop is not reliably
+faster there."""
 
 from __future__ import annotations
 
@@ -23,3 +24,14 @@ def test_one_graph_flag_refused_for_transformers(tmp_path, cli):
     result = cli("run", "--engine", "transformers", "--mode", "sync", "--one-graph", "--out", tmp_path / "t")
     assert result.exit_code == 2
     assert "--one-graph is an option of the reference engine" in result.output
+
+
+def test_the_cpu_run_says_the_async_loop_is_not_reliably_faster(tmp_path, cli, no_nvml):
+    """issue 19 item 3, not met: on the CPU the run says so in one line instead of letting async look broken."""
+    result = cli("run", "--mode", "async", "--out", tmp_path / "a", "--requests", "2", "--output-len", "fixed:4",
+                 "--engine-warmup-steps", "0", "--warmup-runs", "0", "--profile-steps", "all", "--warmup-steps", "1")
+    assert result.exit_code == 0, result.output
+    assert "the async loop is not reliably faster" in result.output.replace("\n", " ")
+    sync = cli("run", "--mode", "sync", "--out", tmp_path / "s", "--requests", "2", "--output-len", "fixed:4",
+               "--engine-warmup-steps", "0", "--warmup-runs", "0", "--profile-steps", "all", "--warmup-steps", "1")
+    assert "not reliably faster" not in sync.output.replace("\n", " ")
