@@ -135,8 +135,6 @@ def count_gpu_events(path: Path) -> int | None:
 
 
 def run_part(mode: str, variant: str, cfg: dict, clean_passes: int) -> dict:
-    import torch
-
     from asyncbatch_prof.capture.profiler import ProfileWindow, StepProfiler, warm_up_profiler
     from asyncbatch_prof.pipeline.plan import default_window
     from reference_engine import EngineConfig, LLMEngine, WorkloadConfig, make_workload

@@ -60,6 +60,8 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # runs from a checkout whether or not the package is installed
     sys.path.insert(0, str(REPO))
 
+from benchmarks.overhead_page import fmt_ci, markdown  # noqa: E402
+
 PRESETS = {
     "full": dict(model="llama-1b", requests=256, prompt="uniform:128:1024", output="fixed:256", max_seqs=256,
                  max_batch_tokens=2048, repeats=5, steady=(80, 250), blocks=(6, 2, 6)),
@@ -337,60 +339,6 @@ def environment(dry: bool) -> dict:
     return env
 
 
-def fmt_ci(ci) -> str:
-    return "-" if ci is None else f"[{ci[0]:+.2f}, {ci[1]:+.2f}]"
-
-
-def _f(x, fmt=".1f") -> str:
-    return "-" if x is None else format(x, fmt)
-
-
-def markdown(doc: dict) -> str:
-    env = doc["environment"]
-    lines = ["# The cost of measuring: profiler and NVML overhead per profiled step", "",
-             f"- GPU: {env['gpu']}, driver {env['driver']}, CUDA {env['cuda']}, torch {env['torch']}, "
-             f"Python {env['python']}; {env['date_utc']}" + (" — DRY RUN (CPU, tiny preset)" if env["dry_run"] else ""),
-             f"- Command: `{doc['command']}`", "", (__doc__ or "").split("Method. ", 1)[1].strip(), "",
-             "| loop | arm | overhead per recorded step (mean) | 95% CI | per repeat | start/stop ms (max) |",
-             "|---|---|---|---|---|---|"]
-    modes = list(doc.get("summary", ("sync", "async")))
-    parts = [(m, doc[m]) for m in modes if "arms" in doc.get(m, {})]
-    for mode in modes:
-        part = doc.get(mode)
-        if not part or "arms" not in part:
-            lines.append(f"| {mode} | - | failed: {part.get('error') if part else 'not run'} | | | |")
-            continue
-        for arm, a in part["arms"].items():
-            reps = ", ".join(f"{x:+.1f}" for x in a["per_repeat_pct"])
-            lines.append(f"| {mode} | {arm} | {a['overhead_pct']:+.2f}% | {fmt_ci(a['ci95'])} | {reps} | "
-                         f"{_f(a['switch_ms_max'], '.0f')} |")
-    lines += ["", "Steps: " + "; ".join(f"{m}: steady steps {p['steady_steps'][0]}-{p['steady_steps'][1]}, blocks "
-                                         f"off/warm/on {'/'.join(map(str, p['blocks_off_warm_on']))}, abprof run's "
-                                         f"window {p['abprof_window']['first']}-{p['abprof_window']['last']}, "
-                                         f"decode graph pieces at layers {p['engine'].get('graph_piece_layers')}"
-                                         for m, p in parts), "",
-              "Host time of one replay of the engine's largest decode CUDA graph (median of 200, us): before any "
-              "profiler started in the process, just after the first one stopped, under each arm, and with nothing "
-              "recording at the end:", "",
-              "| loop | before any profiler | after the first | " + " | ".join(PROFILER_ARMS) + " | off, at the end |",
-              "|---|---|---|" + "---|" * len(PROFILER_ARMS) + "---|"]
-    for m, p in parts:
-        g, ling = p["graph_replay_us"], p["lingering"]
-        lines.append(f"| {m} | {_f(ling['graph_replay_us_before_any_profiler'])} | "
-                     f"{_f(ling['graph_replay_us_after_first_profiler'])} | "
-                     + " | ".join(_f(g.get(a)) for a in PROFILER_ARMS) + f" | {_f(ling['graph_replay_us_after_everything'])} |")
-    lines += ["", "Unprofiled whole passes (median steady step, ms) before and after one pass recorded as abprof run "
-              "records it:", "", "| loop | before | after | first profiler start + stop s | window start/stop ms (max) | stop + export s |",
-              "|---|---|---|---|---|---|"]
-    for m, p in parts:
-        ling, a = p["lingering"], p["lingering"]["abprof_like_pass"]
-        lines.append(f"| {m} | {', '.join(_f(x, '.3f') for x in ling['passes_before_ms'])} | "
-                     f"{', '.join(_f(x, '.3f') for x in ling['passes_after_ms'])} | "
-                     f"{_f(ling['first_profiler_start_stop_s'], '.2f')} | {_f(a['window_start_stop_ms_max'], '.0f')} | "
-                     f"{_f(a['stop_and_export_s'], '.2f')} |")
-    return "\n".join(lines) + "\n"
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True)
@@ -433,7 +381,7 @@ def main(argv=None) -> int:
               flush=True)
     doc["summary"] = {m: {"overhead_pct": doc[m].get("overhead_pct"), "ci95": doc[m].get("ci95")} for m in args.modes}
     (out / "overhead.json").write_text(json.dumps(doc, indent=1))
-    (out / "overhead.md").write_text(markdown(doc))
+    (out / "overhead.md").write_text(markdown(doc, (__doc__ or "").split("Method. ", 1)[1].strip(), PROFILER_ARMS))
     return 0 if all("arms" in doc[m] for m in args.modes) else 1
 
 
