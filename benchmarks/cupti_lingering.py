@@ -37,43 +37,42 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.overhead import PRESETS, WARMUP_STEPS, environment, graph_replay_us, mean_ci95  # noqa: E402
+from benchmarks.overhead import PRESETS, environment, graph_replay_us, mean_ci95, warmed_engine  # noqa: E402
 
 VARIANTS = {"pieces": dict(piecewise=True, teardown=False), "one-graph": dict(piecewise=False, teardown=False),
             "pieces-teardown": dict(piecewise=True, teardown=True)}
 
 
 class PhaseClock:
-    """Wraps runner.launch / runner.wait to time them per step."""
+    """Wraps the runner's ``launch`` and ``wait`` to time them per step."""
+
+    PHASES = ("launch", "wait")
 
     def __init__(self, runner):
-        self.runner, self.launch_s, self.wait_s = runner, 0.0, 0.0
-        self._launch, self._wait = runner.launch, runner.wait
-        runner.launch, runner.wait = self.launch, self.wait
+        self.reset()
+        for name in self.PHASES:
+            setattr(runner, name, self._timed(name, getattr(runner, name)))
+
+    def _timed(self, name: str, fn):
+        def timed(arg):
+            t = time.perf_counter()
+            try:
+                return fn(arg)
+            finally:
+                self.spent[name] += time.perf_counter() - t
+        return timed
+
+    def reset(self) -> None:
         self.per_step: list[tuple[float, float]] = []
-
-    def launch(self, batch):
-        t = time.perf_counter()
-        try:
-            return self._launch(batch)
-        finally:
-            self.launch_s += time.perf_counter() - t
-
-    def wait(self, handle):
-        t = time.perf_counter()
-        try:
-            return self._wait(handle)
-        finally:
-            self.wait_s += time.perf_counter() - t
+        self.spent = dict.fromkeys(self.PHASES, 0.0)
 
     def on_step(self, i: int) -> None:
-        self.per_step.append((self.launch_s, self.wait_s))
-        self.launch_s = self.wait_s = 0.0
+        self.per_step.append((self.spent["launch"], self.spent["wait"]))
+        self.spent = dict.fromkeys(self.PHASES, 0.0)
 
 
 def timed_pass(engine, requests, clock: PhaseClock, extra_on_step=None) -> list[dict]:
-    clock.per_step = []
-    clock.launch_s = clock.wait_s = 0.0
+    clock.reset()
 
     def on_step(i: int) -> None:
         clock.on_step(i)
@@ -135,20 +134,10 @@ def count_gpu_events(path: Path) -> int | None:
 
 
 def run_part(mode: str, variant: str, cfg: dict, clean_passes: int) -> dict:
-    from asyncbatch_prof.capture.profiler import ProfileWindow, StepProfiler, warm_up_profiler
-    from asyncbatch_prof.pipeline.plan import default_window
-    from reference_engine import EngineConfig, LLMEngine, WorkloadConfig, make_workload
+    from asyncbatch_prof.capture.profiler import StepProfiler, warm_up_profiler
 
-    workload = dict(num_requests=cfg["requests"], prompt_len=cfg["prompt"], output_len=cfg["output"], seed=0)
-    first, active = default_window(workload, cfg["max_batch_tokens"], cfg["max_seqs"], WARMUP_STEPS)
-    window = ProfileWindow(wait=first - WARMUP_STEPS, warmup=WARMUP_STEPS, active=active)
     v = VARIANTS[variant]
-    engine = LLMEngine(EngineConfig(model=cfg["model"], mode=mode, max_seqs=cfg["max_seqs"],
-                                    max_batch_tokens=cfg["max_batch_tokens"], seed=0, piecewise_graphs=v["piecewise"]))
-    cuda = engine.device.type == "cuda"
-    requests = make_workload(WorkloadConfig(**workload), vocab_size=engine.vocab_size)
-    engine.warmup()
-    engine.generate(requests)
+    engine, requests, window, cuda = warmed_engine(mode, cfg, v["piecewise"])
     clock = PhaseClock(engine.runner)
     lo, hi = window.first, window.first + window.active
     steady = cfg["steady"]

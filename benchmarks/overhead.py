@@ -185,17 +185,15 @@ def blocks_pass(engine, requests, arm: str, cuda: bool, cfg: dict) -> dict:
             rec.stop()
     lo, hi = cfg["steady"]
     hi = min(hi, result.num_steps - 1)
-    on, off = [], []
     cycles: dict[int, dict[str, list[float]]] = {}  # per off/warm/on cycle: its off and on steps
     for k in range(lo, hi):
         ms = 1e3 * (result.step_spans_s[k][1] - result.step_spans_s[k][0])
         c = cycles.setdefault((k - lo) // sum(cfg["blocks"]), {"off": [], "on": []})
         if phase_of(k, cfg) == "on":
-            on.append(ms)
             c["on"].append(ms)
         elif phase_of(k, cfg) == "off" and phase_of(k - 1, cfg) != "on":
-            off.append(ms)
             c["off"].append(ms)
+    on, off = ([ms for c in cycles.values() for ms in c[kind]] for kind in ("on", "off"))
     # each on block against the off blocks either side of it (the host's speed drifts within a pass)
     ratios = []
     for i, c in sorted(cycles.items()):
@@ -260,9 +258,9 @@ def abprof_like_pass(engine, requests, window, cuda: bool, tmp: Path) -> dict:
     return {"window_start_stop_ms_max": 1e3 * max(calls), "stop_and_export_s": export_s}
 
 
-def run_part(mode: str, cfg: dict, repeats: int, arms: tuple[str, ...] = ARMS, piecewise: bool = True) -> dict:
-    import torch
-
+def warmed_engine(mode: str, cfg: dict, piecewise: bool = True):
+    """The preset's engine, warmed up as abprof run warms it (engine steps, one unprofiled pass), its workload
+    and abprof run's default profile window for it: ``(engine, requests, window, cuda)``."""
     from asyncbatch_prof.capture.profiler import ProfileWindow
     from asyncbatch_prof.pipeline.plan import default_window
     from reference_engine import EngineConfig, LLMEngine, WorkloadConfig, make_workload
@@ -272,10 +270,16 @@ def run_part(mode: str, cfg: dict, repeats: int, arms: tuple[str, ...] = ARMS, p
     window = ProfileWindow(wait=first - WARMUP_STEPS, warmup=WARMUP_STEPS, active=active)
     engine = LLMEngine(EngineConfig(model=cfg["model"], mode=mode, max_seqs=cfg["max_seqs"],
                                     max_batch_tokens=cfg["max_batch_tokens"], seed=0, piecewise_graphs=piecewise))
-    cuda = engine.device.type == "cuda"
     requests = make_workload(WorkloadConfig(**workload), vocab_size=engine.vocab_size)
     engine.warmup()
     engine.generate(requests)  # abprof run's unprofiled warm-up pass
+    return engine, requests, window, engine.device.type == "cuda"
+
+
+def run_part(mode: str, cfg: dict, repeats: int, arms: tuple[str, ...] = ARMS, piecewise: bool = True) -> dict:
+    import torch
+
+    engine, requests, window, cuda = warmed_engine(mode, cfg, piecewise)
     lingering = {"graph_replay_us_before_any_profiler": graph_replay_us(engine, cuda),
                  "passes_before_ms": [steady_median_ms(engine.generate(requests), cfg) for _ in range(3)]}
     from asyncbatch_prof.capture.profiler import warm_up_profiler
