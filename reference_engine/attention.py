@@ -89,20 +89,20 @@ def paged_attention_batched(q, k_cache, v_cache, meta: AttentionMetadata, scale:
     qlen = [qsl[i + 1] - qsl[i] for i in range(len(ctx))]
     decodes = [i for i, n in enumerate(qlen) if n == 1]
     for group in ([decodes] if decodes else []) + [[i] for i, n in enumerate(qlen) if n > 1]:
-        _attend(q, k_cache, v_cache, meta.block_tables, [qsl[i] for i in group], [qlen[i] for i in group],
-                [ctx[i] for i in group], group, scale, out)
+        _attend(q, k_cache, v_cache, meta.block_tables, qsl, ctx, group, scale, out)
     return out
 
 
-def _attend(q, k_cache, v_cache, block_tables, starts: list[int], qlens: list[int], ctxs: list[int],
-            seqs: list[int], scale: float, out: torch.Tensor) -> None:
-    """Sequences ``seqs`` (their first query rows ``starts``, query counts ``qlens``, context lengths ``ctxs``)
-    in one masked SDPA, written into ``out``."""
+def _attend(q, k_cache, v_cache, block_tables, qsl: list[int], ctx_l: list[int], seqs: list[int], scale: float,
+            out: torch.Tensor) -> None:
+    """Sequences ``seqs`` of the step (query rows from ``qsl``, context lengths ``ctx_l``) in one masked SDPA,
+    written into ``out``."""
     num_heads, head_dim = q.shape[1], q.shape[2]
     num_kv_heads, block_size = k_cache.shape[2], k_cache.shape[1]
     dev = q.device
+    qlens, ctxs = [qsl[i + 1] - qsl[i] for i in seqs], [ctx_l[i] for i in seqs]
     max_q, max_ctx = max(qlens), max(ctxs)
-    start = torch.tensor(starts, device=dev)
+    start = torch.tensor([qsl[i] for i in seqs], device=dev)
     qlen = torch.tensor(qlens, device=dev)
     ctx = torch.tensor(ctxs, device=dev)
     kpos = torch.arange(max_ctx, device=dev)

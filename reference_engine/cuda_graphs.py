@@ -59,16 +59,17 @@ def graph_size(sizes: list[int], b: int) -> int:
 
 @torch.inference_mode()
 def capture_graphs(model, kv_cache: torch.Tensor, dev: dict, max_bs: int, max_seqs: int, max_model_len: int,
-                   device: torch.device, piecewise: bool = True) -> dict[int, tuple[DecodeGraph, torch.Tensor]]:
+                   device: torch.device, bounds: list[int] | None = None) -> dict[int, tuple[DecodeGraph, torch.Tensor]]:
     """Capture the decode graph(s) of each size of ``graph_batch_sizes(max_bs)``; → {size: (graphs, logits)}.
 
-    ``dev``: the named device buffers the graphs read (``step_inputs.layout``); ``piecewise``: pieces of
-    ``piece_bounds`` (one graph if False). Blocks the host (init only). Every graph shares one memory pool:
+    ``dev``: the named device buffers the graphs read (``step_inputs.layout``); ``bounds``: the layer
+    boundaries of the pieces (``piece_bounds``; None: one graph). Blocks the host (init only). Every graph shares one memory pool:
     safe because they are replayed one at a time, each size's pieces in the order of their capture, and the
     tensors passed from one piece to the next stay referenced (never handed out again).
     """
     d = dev
     sizes = graph_batch_sizes(max_bs)
+    bounds = bounds or piece_bounds(len(model.layers), piecewise=False)
     d["ids"].zero_()
     d["pos"].zero_()
     d["slot"].fill_(-1)
@@ -77,8 +78,6 @@ def capture_graphs(model, kv_cache: torch.Tensor, dev: dict, max_bs: int, max_se
     graphs, pool = {}, None
     for bs in reversed(sizes):  # largest first: smaller graphs reuse its memory pool
         meta = AttentionMetadata(d["slot"][:bs], d["qsl"][:bs + 1], d["ctx"][:bs], d["bt"][:bs], 1, max_model_len)
-
-        bounds = piece_bounds(len(model.layers), piecewise)
 
         def piece(state, i, bs=bs, meta=meta):
             """Piece ``i`` from the previous piece's ``state`` (None for the first): the next state, or logits."""

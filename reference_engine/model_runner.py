@@ -72,9 +72,9 @@ class ModelRunner:
             if not self.is_cuda:
                 raise ValueError("cuda_graphs=True needs a CUDA device")
             if _triton_backend() is not None:  # the reference attention reads host lists: not capturable
-                self.graphs = capture_graphs(model, kv_cache, self.dev[0], min(max_seqs, max_batch_tokens, 512),
-                                             max_seqs, max_model_len, device, piecewise_graphs)
                 self.piece_bounds = piece_bounds(len(model.layers), piecewise_graphs)
+                self.graphs = capture_graphs(model, kv_cache, self.dev[0], min(max_seqs, max_batch_tokens, 512),
+                                             max_seqs, max_model_len, device, self.piece_bounds)
                 self.graph_sizes = sorted(self.graphs)
 
     @property

@@ -152,8 +152,9 @@ def _graph_replays_short(ev: TraceEvents, ops: DeviceOps, graph_launches: np.nda
     layers 1-3 and 4-15: the same kernels, fewer of them): ``positions`` (``graph_positions``) keeps them
     apart, only replays at the same place in their steps being compared.
     """
-    if positions is not None and np.unique(positions).size > 1:
-        return sum(_graph_replays_short(ev, ops, graph_launches[positions == p]) for p in np.unique(positions))
+    levels = np.unique(positions) if positions is not None else ()
+    if len(levels) > 1:
+        return sum(_graph_replays_short(ev, ops, graph_launches[positions == p]) for p in levels)
     if graph_launches.size < 2:
         return 0
     sel = np.isin(ops.launch, graph_launches)
