@@ -41,6 +41,9 @@ class AttentionMetadata:
     # Host copies of query_start_loc / context_lens for the reference path (avoids device syncs).
     query_start_loc_host: list[int] | None = None
     context_lens_host: list[int] | None = None
+    # a decode-only step with no host values at all (``cpu_graphs``' traced forward): ``block_tables`` holds
+    # exactly the columns the longest context needs
+    traced_decode: bool = False
 
     @property
     def decode_only(self) -> bool:
@@ -73,7 +76,26 @@ def paged_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tenso
     backend = _triton_backend() if q.is_cuda else None
     if backend is not None:
         return backend.paged_attention(q, k_cache, v_cache, meta, scale)
+    if meta.traced_decode:
+        return paged_decode_padded(q, k_cache, v_cache, meta.block_tables, meta.context_lens, scale)
     return paged_attention_batched(q, k_cache, v_cache, meta, scale)
+
+
+def paged_decode_padded(q, k_cache, v_cache, block_tables, context_lens, scale: float) -> torch.Tensor:
+    """A decode-only step (one query per row) from device tensors alone: every row's K/V gathered through
+    all the columns of ``block_tables`` (``[B, NB]``: the caller slices it to the blocks the longest context
+    needs), positions past ``context_lens`` masked, one SDPA. No host value and no shape-dependent branch,
+    so that one ``torch.jit.trace`` of it serves every batch size and context length (``cpu_graphs``). A
+    row with an empty context (padding) attends to its first slot, so that its output stays finite."""
+    b, nb = block_tables.shape
+    block_size, num_kv_heads, head_dim = k_cache.shape[1], k_cache.shape[2], k_cache.shape[3]
+    blocks = block_tables.long()
+    keys = k_cache[blocks].reshape(b, nb * block_size, num_kv_heads, head_dim).transpose(1, 2).to(q.dtype)
+    values = v_cache[blocks].reshape(b, nb * block_size, num_kv_heads, head_dim).transpose(1, 2).to(q.dtype)
+    mask = torch.arange(nb * block_size, device=q.device)[None, :] < context_lens.clamp(min=1)[:, None]
+    o = F.scaled_dot_product_attention(q[:, :, None, :], keys, values, attn_mask=mask[:, None, None, :],
+                                       scale=scale, enable_gqa=True)
+    return o[:, :, 0, :]
 
 
 def paged_attention_batched(q, k_cache, v_cache, meta: AttentionMetadata, scale: float) -> torch.Tensor:

@@ -59,6 +59,10 @@ class EngineConfig:
     # each decode graph in a few pieces over growing runs of layers (cuda_graphs.piece_bounds), so that the
     # GPU starts on the first while the host launches the rest; False: one graph per batch size
     piecewise_graphs: bool = True
+    # decode steps on the CPU through one traced forward (reference_engine.cpu_graphs), which runs without
+    # the interpreter lock, so that the async loop's worker overlaps the host. None: on for a CPU engine
+    # without tensor parallelism, off on CUDA
+    cpu_graphs: bool | None = None
     seed: int = 0
     enable_eos: bool = False
     max_model_len: int | None = None  # None: the model's max_position_embeddings
@@ -107,6 +111,10 @@ class EngineConfig:
             problems.append(f"max_model_len must be None or an integer >= 2, got {self.max_model_len!r}")
         if not isinstance(self.piecewise_graphs, bool):
             problems.append(f"piecewise_graphs must be a bool, got {self.piecewise_graphs!r}")
+        if self.cpu_graphs is not None and not isinstance(self.cpu_graphs, bool):
+            problems.append(f"cpu_graphs must be None or a bool, got {self.cpu_graphs!r}")
+        elif self.cpu_graphs and self.tp_size > 1:
+            problems.append("cpu_graphs traces a single-rank forward; it needs tp_size 1")
         if not isinstance(self.split_prefill_decode, bool):
             problems.append(f"split_prefill_decode must be a bool, got {self.split_prefill_decode!r}")
         if not isinstance(self.tp_size, int) or isinstance(self.tp_size, bool) or self.tp_size < 1:

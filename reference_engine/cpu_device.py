@@ -78,13 +78,16 @@ class CpuDevice:
     def _device_step(self, plan: StepPlan, annotate: bool) -> torch.Tensor:
         """The whole device side of a step (copy in, forward, sample)."""
         r, k = self.runner, plan.buf
+
+        def note(name):
+            return record_function(name) if annotate else contextlib.nullcontext()
+
+        if r.decode_trace is not None and plan.graph_bs and plan.part2 is None:
+            return self._traced_step(plan, note)
         parts = [plan] if plan.part2 is None else [plan, plan.part2]
         for i in range(len(parts)):
             r.dev64[i].copy_(r.host.t64[k][i])
             r.dev32[i].copy_(r.host.t32[k][i])
-
-        def note(name):
-            return record_function(name) if annotate else contextlib.nullcontext()
 
         with torch.inference_mode():
             with note("abprof.forward"):
@@ -100,6 +103,19 @@ class CpuDevice:
                     logits = r.merge(decode_logits, prefill_logits, plan)
             with note("abprof.sample"):
                 tokens = r.sample(logits)
+        r.prev_tokens = tokens
+        return tokens
+
+    def _traced_step(self, plan: StepPlan, note) -> torch.Tensor:
+        """A decode step as one traced call that holds no interpreter lock (``cpu_graphs``), reading the host
+        buffer in place; the sampling too when it is greedy."""
+        r = self.runner
+        with torch.inference_mode():
+            with note("abprof.forward"):
+                logits, tokens = r.traced_decode(plan, r.host_tensors[plan.buf])
+            if not r.params.greedy:
+                with note("abprof.sample"):
+                    tokens = r.sample(logits)
         r.prev_tokens = tokens
         return tokens
 

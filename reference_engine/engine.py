@@ -52,6 +52,8 @@ class LLMEngine:
                              f"({mc.max_position_embeddings})")
         if cfg.cuda_graphs and device.type != "cuda":
             raise ValueError("cuda_graphs=True needs a CUDA device")
+        if cfg.cpu_graphs and device.type != "cpu":
+            raise ValueError("cpu_graphs=True needs the CPU (CUDA steps use CUDA graphs)")
         with torch.device(device):
             model = CausalLM(mc)
         model.to(self.dtype)
@@ -76,17 +78,21 @@ class LLMEngine:
                                     attn.head_dim, dtype=self.dtype, device=device)
         # default off at TP > 1: capturing the collectives is untested here
         graphs = cfg.cuda_graphs if cfg.cuda_graphs is not None else (device.type == "cuda" and not self.tp)
+        cpu_graphs = cfg.cpu_graphs if cfg.cpu_graphs is not None else (device.type == "cpu" and not self.tp)
         self.runner = ModelRunner(model, self.kv_cache, max_batch_tokens=cfg.max_batch_tokens,
                                   max_seqs=cfg.max_seqs, block_size=cfg.block_size,
                                   max_model_len=self.max_model_len, device=device, cuda_graphs=graphs,
                                   worker_thread=cfg.mode == "async", split_prefill_decode=cfg.split_prefill_decode,
-                                  tp=self.tp, tp_overlap=cfg.tp_overlap, piecewise_graphs=cfg.piecewise_graphs)
+                                  tp=self.tp, tp_overlap=cfg.tp_overlap, piecewise_graphs=cfg.piecewise_graphs,
+                                  cpu_graphs=cpu_graphs)
         self.cuda_graphs = bool(self.runner.graphs)
+        self.cpu_graphs = cpu_graphs
         self.notes: list[str] = []  # facts a report should mention
         if device.type == "cpu":
             worker = "; the async loop's device work runs on a worker thread" if cfg.mode == "async" else ""
+            traced = "; decode steps through a traced forward" if cpu_graphs else ""
             self.notes.append(f"running on the CPU with {self.cpu_threads} torch compute thread(s) of "
-                              f"{usable_cores()} usable core(s){worker}")
+                              f"{usable_cores()} usable core(s){worker}{traced}")
         if cfg.split_prefill_decode and device.type == "cpu":
             self.notes.append("split_prefill_decode on the CPU: a mixed step's decode and prefill batches run "
                               "one after the other (no second stream)")
@@ -191,7 +197,7 @@ class LLMEngine:
             "mode": cfg.mode, "max_batch_tokens": cfg.max_batch_tokens, "max_seqs": cfg.max_seqs,
             "block_size": cfg.block_size, "num_blocks": self.num_blocks,
             "kv_cache_gb": self.kv_cache.numel() * self.kv_cache.element_size() / 1e9,
-            "cuda_graphs": self.cuda_graphs, "graph_batch_sizes": list(self.runner.graph_sizes),
+            "cuda_graphs": self.cuda_graphs, "cpu_graphs": self.cpu_graphs, "graph_batch_sizes": list(self.runner.graph_sizes),
             "graph_piece_layers": self.runner.piece_bounds,
             "attention_backend": "triton" if (self.device.type == "cuda" and _triton_backend()) else "torch",
             "split_prefill_decode": cfg.split_prefill_decode, "tp_size": cfg.tp_size, "tp_overlap": cfg.tp_overlap,

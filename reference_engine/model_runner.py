@@ -27,6 +27,7 @@ from torch.profiler import record_function
 from reference_engine.attention import AttentionMetadata, _triton_backend
 from reference_engine.batch_broadcast import receive_step, send_step
 from reference_engine.cpu_device import CpuDevice
+from reference_engine.cpu_graphs import DecodeTrace
 from reference_engine.cuda_device import CudaDevice
 from reference_engine.cuda_graphs import DecodeGraph, capture_graphs, graph_size, piece_bounds
 from reference_engine.sampler import SamplingParams, sample
@@ -43,7 +44,7 @@ class ModelRunner:
     def __init__(self, model, kv_cache: torch.Tensor, *, max_batch_tokens: int, max_seqs: int, block_size: int,
                  max_model_len: int, device: torch.device, cuda_graphs: bool, worker_thread: bool,
                  split_prefill_decode: bool = False, tp: TPGroup | None = None, tp_overlap: bool = False,
-                 piecewise_graphs: bool = True):
+                 piecewise_graphs: bool = True, cpu_graphs: bool = False):
         self.model = model
         self.tp = tp  # tensor parallelism: rank 0 broadcasts each step's inputs (``batch_broadcast``)
         self.kv_cache = kv_cache
@@ -76,6 +77,14 @@ class ModelRunner:
                 self.graphs = capture_graphs(model, kv_cache, self.dev[0], min(max_seqs, max_batch_tokens, 512),
                                              max_seqs, max_model_len, device, self.piece_bounds)
                 self.graph_sizes = sorted(self.graphs)
+        self.decode_trace: DecodeTrace | None = None  # the CPU's traced decode step (``cpu_graphs``)
+        if cpu_graphs:
+            if self.is_cuda or tp is not None:
+                raise ValueError("cpu_graphs needs a CPU engine without tensor parallelism")
+            # the trace reads the host buffers in place (on the CPU they are the device memory)
+            self.host_tensors = [layout(t64[0], t32[0], self.max_t, self.max_s, self.width)
+                                 for t64, t32 in zip(self.host.t64, self.host.t32)]
+            self.decode_trace = DecodeTrace(model, kv_cache, self.host_tensors[0])
 
     @property
     def np_views(self) -> list[dict]:
@@ -88,7 +97,10 @@ class ModelRunner:
     # ---- host side ---------------------------------------------------------------------------
     def prepare(self, batch: ScheduledBatch, k: int, part: int = 0) -> StepPlan:
         """Write a step's (or, ``part=1``, a split step's second batch's) inputs into host buffer ``k``."""
-        graph_bs = graph_size(self.graph_sizes, len(batch.seqs)) if batch.decode_only and part == 0 else 0
+        graph_bs = 0
+        if batch.decode_only and part == 0:  # the trace takes any row count: no padding
+            graph_bs = len(batch.seqs) if self.decode_trace is not None else graph_size(self.graph_sizes,
+                                                                                         len(batch.seqs))
         return self.host.prepare(batch, k, part, graph_bs, self.block_size)  # graphs read part 0 only
 
     def prepare_step(self, batch: ScheduledBatch, k: int) -> StepPlan:
@@ -154,12 +166,19 @@ class ModelRunner:
         with torch.inference_mode():
             if plan.graph_bs:
                 assert d is self.dev[0]
+                if self.decode_trace is not None:
+                    return self.traced_decode(plan, d)[0]
                 self._gather(plan, d)
                 graph, logits = self.graphs[plan.graph_bs]
                 graph.replay()
                 return logits[:plan.num_seqs]
             hidden = self.model(*self.model_inputs(plan, d), self.kv_cache)
             return self.model.compute_logits(hidden[d["sample"][:plan.padded_samples]])[:plan.num_samples]
+
+    def traced_decode(self, plan: StepPlan, d: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """A decode-only step through the CPU's trace (``cpu_graphs``) from buffers ``d``: (logits, greedy tokens)."""
+        blocks = -(-plan.max_context_len // self.block_size)
+        return self.decode_trace(d, plan.num_seqs, blocks, self.prev_tokens if plan.has_gather else None)
 
     def model_inputs(self, plan: StepPlan, d: dict) -> tuple[torch.Tensor, torch.Tensor, AttentionMetadata]:
         """An eager batch's (ids, positions, attention metadata) from device buffers ``d``, the tokens

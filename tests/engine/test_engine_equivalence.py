@@ -178,3 +178,25 @@ def test_step_spans_are_recorded_for_every_step(mode):
     assert all(0 <= s < e for s, e in spans)
     assert all(e1 <= s2 for (_, e1), (s2, _) in zip(spans, spans[1:]))
     assert spans[-1][1] <= result.wall_s
+
+
+@pytest.mark.parametrize("name", sorted(WORKLOADS))
+def test_traced_cpu_decode_gives_the_eager_tokens(name):
+    """The CPU's traced decode step (cpu_graphs, the default) against the eager forward, in both loops, greedy
+    and seeded sampling; the traced path must actually have run (decode steps exist in every workload)."""
+    engine_kw, workload_kw = WORKLOADS[name]
+    seeded = SamplingParams(temperature=0.8, top_k=50, top_p=0.9)
+    for mode in ("sync", "async"):
+        for sampling in (None, seeded):
+            _, eager = _run(mode, dict(engine_kw, cpu_graphs=False), workload_kw, sampling)
+            engine = LLMEngine(EngineConfig(mode=mode, device="cpu", **engine_kw))
+            calls = []
+            trace = engine.runner.decode_trace
+            engine.runner.decode_trace = lambda *a: calls.append(1) or trace(*a)
+            try:
+                reqs = make_workload(WorkloadConfig(**workload_kw), vocab_size=engine.vocab_size)
+                traced = engine.generate(reqs, sampling=sampling)
+            finally:
+                engine.close()
+            assert engine.describe()["cpu_graphs"] is True and calls
+            assert [r.output_token_ids for r in traced.records] == [r.output_token_ids for r in eager.records]

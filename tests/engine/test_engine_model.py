@@ -147,3 +147,23 @@ def test_batched_paged_attention_is_the_reference():
         ref = paged_attention_reference(q, kc, vc, meta, 0.25)
         torch.testing.assert_close(out[:q.shape[0]], ref, rtol=1e-10, atol=1e-10)
         assert torch.equal(out[q.shape[0]:], torch.zeros_like(out[q.shape[0]:]))
+
+
+def test_padded_decode_attention_is_the_reference():
+    """The traced decode step's attention (device tensors only, block-table columns past the longest context
+    sliced off by the caller, a padding row with an empty context) against the reference, GQA and not."""
+    import torch
+
+    from reference_engine.attention import paged_attention_reference, paged_decode_padded
+    from tests.kernels._cases import make_case
+
+    seqs = [(1, 1), (37, 1), (64, 1), (130, 1), (17, 1)]
+    for heads, kv_heads in ((4, 4), (8, 2)):
+        q, kc, vc, meta = make_case(seqs, num_heads=heads, num_kv_heads=kv_heads, head_dim=16, block_size=16,
+                                    dtype=torch.float64, device="cpu", seed=heads)
+        blocks = -(-130 // 16)
+        tables = torch.cat([meta.block_tables[:, :blocks], torch.zeros(1, blocks, dtype=meta.block_tables.dtype)])
+        ctx = torch.cat([meta.context_lens, torch.zeros(1, dtype=meta.context_lens.dtype)])
+        out = paged_decode_padded(torch.cat([q, torch.randn(1, heads, 16, dtype=q.dtype)]), kc, vc, tables, ctx, 0.25)
+        torch.testing.assert_close(out[:-1], paged_attention_reference(q, kc, vc, meta, 0.25), rtol=1e-10, atol=1e-10)
+        assert torch.isfinite(out[-1]).all()
