@@ -86,8 +86,7 @@ class CpuDevice:
             return self._traced_step(plan, note)
         parts = [plan] if plan.part2 is None else [plan, plan.part2]
         for i in range(len(parts)):
-            r.dev64[i].copy_(r.host.t64[k][i])
-            r.dev32[i].copy_(r.host.t32[k][i])
+            r.dev_raw[i].copy_(r.host.part_raw[k][i])
 
         with torch.inference_mode():
             with note("abprof.forward"):

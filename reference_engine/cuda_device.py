@@ -1,8 +1,8 @@
 """The device side of a step on CUDA: copy-in, forward and sampling on streams ordered by events.
 
-H2D copies run on their own stream into a device staging buffer (two, alternating with the host
-buffers); the compute stream then copies the staging buffer into the static buffers that the model and
-the CUDA graphs read, runs the forward and samples; the D2H stream copies the sampled tokens into a
+A step's inputs (each batch part's bytes, up to its last used block-table row) go in one H2D copy on their
+own stream into a device staging buffer (two, alternating with the host buffers); the compute stream then
+copies the staging buffer, in one copy, into the static buffer that the model and the CUDA graphs read, runs the forward and samples; the D2H stream copies the sampled tokens into a
 pinned host buffer. Nothing here blocks the host: ``launch`` only enqueues, and what the host waits on
 (``copy_pending``, ``StepHandle.done``) is an event the runner synchronizes inside ``abprof.sync_wait``.
 
@@ -29,9 +29,9 @@ class CudaDevice:
         self.h2d_stream = torch.cuda.Stream(device)
         self.compute_stream = torch.cuda.Stream(device)
         self.d2h_stream = torch.cuda.Stream(device)
-        n64, n32 = r.host.n64, r.host.n32
-        self.stage64 = [[torch.zeros(n64, dtype=torch.int64, device=device) for _ in range(2)] for _ in r.dev]
-        self.stage32 = [[torch.zeros(n32, dtype=torch.int32, device=device) for _ in range(2)] for _ in r.dev]
+        self.stage = [[torch.zeros(r.host.part_bytes, dtype=torch.uint8, device=device) for _ in range(2)]
+                      for _ in r.dev]
+        self._copy_views: dict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self.host_out = [torch.zeros(r.max_s, dtype=torch.int64, pin_memory=True) for _ in range(2)]
         self.ev_h2d = [torch.cuda.Event() for _ in range(2)]
         self.ev_stage_free = [torch.cuda.Event() for _ in range(2)]
@@ -59,19 +59,17 @@ class CudaDevice:
         r, k = self.runner, plan.buf
         parts = [plan] if plan.part2 is None else [plan, plan.part2]
         with record_function("abprof.forward"):
-            used = [r.host.used_int32(max(p.num_seqs, p.graph_bs)) for p in parts]
+            views = [self._views(i, k, r.host.used_bytes(max(p.num_seqs, p.graph_bs))) for i, p in enumerate(parts)]
             with torch.cuda.stream(self.h2d_stream):
                 self.h2d_stream.wait_event(self.ev_stage_free[k])
-                for i, n32 in enumerate(used):
-                    self.stage64[i][k].copy_(r.host.t64[k][i], non_blocking=True)
-                    self.stage32[i][k][:n32].copy_(r.host.t32[k][i][:n32], non_blocking=True)
+                for host, stage, _ in views:
+                    stage.copy_(host, non_blocking=True)
                 self.ev_h2d[k].record(self.h2d_stream)
             self._copy_done[k] = self.ev_h2d[k]
             with torch.cuda.stream(self.compute_stream):
                 self.compute_stream.wait_event(self.ev_h2d[k])
-                for i, n32 in enumerate(used):
-                    r.dev64[i].copy_(self.stage64[i][k])
-                    r.dev32[i][:n32].copy_(self.stage32[i][k][:n32])
+                for _, stage, dev in views:
+                    dev.copy_(stage)
                 self.ev_stage_free[k].record(self.compute_stream)
                 if plan.part2 is None:
                     logits = r.forward(plan)
@@ -89,6 +87,15 @@ class CudaDevice:
                 self.host_out[k][:plan.total_samples].copy_(tokens, non_blocking=True)
                 self.ev_d2h[k].record(self.d2h_stream)
         return StepHandle(plan, self.ev_d2h[k], tokens)
+
+    def _views(self, part: int, k: int, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The first ``n`` bytes of part ``part``'s host buffer ``k``, staging buffer ``k`` and device buffer,
+        made once per size (slicing them anew each step is three more recorded ops on the host's critical path)."""
+        key = (part, k, n)
+        if key not in self._copy_views:
+            r = self.runner
+            self._copy_views[key] = (r.host.part_raw[k][part][:n], self.stage[part][k][:n], r.dev_raw[part][:n])
+        return self._copy_views[key]
 
     def finish(self, handle: StepHandle) -> list[int]:
         """Block until the step's tokens are in the pinned host buffer; returns them (call inside a wait)."""

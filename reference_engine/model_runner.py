@@ -58,9 +58,9 @@ class ModelRunner:
         self.overlap = tp_overlap and tp is not None  # two micro-batches, pipelined (``tp_overlap``)
         parts = 2 if self.split or self.overlap else 1  # the second batch has its own buffers, same layout
         self.host = HostInputs(self.max_t, self.max_s, self.width, parts, pin=self.is_cuda)
-        self.dev64 = [torch.zeros(self.host.n64, dtype=torch.int64, device=device) for _ in range(parts)]
-        self.dev32 = [torch.zeros(self.host.n32, dtype=torch.int32, device=device) for _ in range(parts)]
-        self.dev = [layout(a, b, self.max_t, self.max_s, self.width) for a, b in zip(self.dev64, self.dev32)]
+        # each part's device buffer has the host part's byte layout, so that a step's inputs arrive in one copy
+        self.dev_raw = [torch.zeros(self.host.part_bytes, dtype=torch.uint8, device=device) for _ in range(parts)]
+        self.dev = [layout(*self.host.sections(raw), self.max_t, self.max_s, self.width) for raw in self.dev_raw]
         self.prev_tokens: torch.Tensor | None = None  # the previous step's sampled tokens (device)
         self.params = SamplingParams()
         self.generator: torch.Generator | None = None

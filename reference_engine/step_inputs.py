@@ -1,8 +1,8 @@
 """A step's inputs on the host: the buffers they are written into, and ``prepare`` (numpy, no torch ops).
 
 Each of the two alternating host buffers is one byte tensor (pinned on CUDA), so that a step's whole
-input is one contiguous block: one H2D copy per dtype, and (tensor parallelism) one broadcast. Layout
-of buffer ``k``:
+input is one contiguous block: one H2D copy per batch part (its int64 and int32 sections together), and
+(tensor parallelism) one broadcast. Layout of buffer ``k``:
 
 - a header of ``HEADER_WORDS`` int64 (the ``StepPlan``, written only when the step is broadcast);
 - per batch part (one, or two with a split step): an int64 section ``[ids | positions | slot_mapping |
@@ -75,9 +75,12 @@ class HostInputs:
         self.nbytes = 8 * HEADER_WORDS + parts * self.part_bytes
         self.raw = [torch.zeros(self.nbytes, dtype=torch.uint8, pin_memory=pin) for _ in range(2)]
         self.header = [r[:8 * HEADER_WORDS].view(torch.int64) for r in self.raw]
-        # t64[k][p] / t32[k][p]: torch views of part p of buffer k (copy sources); views[k][p]: numpy views
-        self.t64 = [[self._section(r, p)[0] for p in range(parts)] for r in self.raw]
-        self.t32 = [[self._section(r, p)[1] for p in range(parts)] for r in self.raw]
+        # part_raw[k][p]: the bytes of part p of buffer k (the copy source); t64/t32[k][p]: its sections as
+        # torch tensors; views[k][p]: as named numpy views
+        self.part_raw = [[r[8 * HEADER_WORDS + p * self.part_bytes:8 * HEADER_WORDS + (p + 1) * self.part_bytes]
+                          for p in range(parts)] for r in self.raw]
+        self.t64 = [[self.sections(b)[0] for b in per_k] for per_k in self.part_raw]
+        self.t32 = [[self.sections(b)[1] for b in per_k] for per_k in self.part_raw]
         self.views = [[layout(a.numpy(), b.numpy(), max_t, max_s, width) for a, b in zip(t64, t32)]
                       for t64, t32 in zip(self.t64, self.t32)]
         self._bt_rows: list[list[list[tuple[list[int], int] | None]]] = [
@@ -87,14 +90,15 @@ class HostInputs:
                 v["slot"][:] = -1
                 v["gather"][:] = -1
 
-    def _section(self, raw: torch.Tensor, part: int) -> tuple[torch.Tensor, torch.Tensor]:
-        start = 8 * HEADER_WORDS + part * self.part_bytes
-        mid = start + 8 * self.n64
-        return raw[start:mid].view(torch.int64), raw[mid:mid + 4 * self.n32].view(torch.int32)
+    def sections(self, part: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The int64 and int32 sections of one part's bytes (``part_bytes`` of them, host or device)."""
+        mid = 8 * self.n64
+        return part[:mid].view(torch.int64), part[mid:mid + 4 * self.n32].view(torch.int32)
 
-    def used_int32(self, num_seqs: int) -> int:
-        """int32 entries a step of ``num_seqs`` rows uses (the block-table rows past them are stale)."""
-        return 2 * self.max_s + 1 + num_seqs * self.width
+    def used_bytes(self, num_seqs: int) -> int:
+        """The leading bytes of a part that a step of ``num_seqs`` rows reads: the int64 section and the int32
+        section up to its last used block-table row (the rows past it are stale)."""
+        return 8 * self.n64 + 4 * (2 * self.max_s + 1 + num_seqs * self.width)
 
     def prepare(self, batch: ScheduledBatch, k: int, part: int, graph_bs: int, block_size: int) -> StepPlan:
         """Write one batch's inputs into part ``part`` of buffer ``k``; ``graph_bs`` > 0 pads it to a graph."""
