@@ -53,6 +53,8 @@ run_steps() {
     overhead) step overhead python3 benchmarks/overhead.py --out "$W/overhead" --repeats "${REPEATS:-4}" ;;
     overhead-sync) step overhead-sync python3 benchmarks/overhead.py --out "$W/overhead-sync" --repeats "${REPEATS:-8}" \
         --modes sync --arms default ;;
+    overhead-default) step overhead-default python3 benchmarks/overhead.py --out "$W/overhead-default" \
+        --repeats "${REPEATS:-8}" --arms default ;;
     overhead-one-graph) step overhead-one-graph python3 benchmarks/overhead.py --out "$W/overhead-one-graph" \
         --repeats "${REPEATS:-4}" --one-graph --arms default ;;
     transformers-small) step transformers-small bash -c "abprof run --engine transformers --mode sync --requests 64 \

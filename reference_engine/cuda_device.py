@@ -38,6 +38,10 @@ class CudaDevice:
         self.ev_d2h = [torch.cuda.Event() for _ in range(2)]
         self.ev_sampled = torch.cuda.Event()
         self._copy_done: list[torch.cuda.Event | None] = [None, None]
+        # steps are numbered as launched; a step whose tokens the host has waited for is known to have finished
+        # its copy (and so has every step before it: one H2D stream), which spares the event query
+        self._launched, self._finished = 0, -1
+        self._copy_step = [-1, -1]  # the step whose copy reads host buffer k
         self.prefill_stream = None
         if r.split:  # created once: a stream per step would defeat the caching allocator's reuse
             self.prefill_stream = torch.cuda.Stream(device)
@@ -52,7 +56,9 @@ class CudaDevice:
     def copy_pending(self, k: int) -> torch.cuda.Event | None:
         """The H2D copy still reading host buffer ``k`` (from two steps ago), or None when it is done."""
         ev = self._copy_done[k]
-        return ev if ev is not None and not ev.query() else None
+        if ev is None or self._copy_step[k] <= self._finished:
+            return None
+        return None if ev.query() else ev
 
     def launch(self, plan: StepPlan) -> StepHandle:
         """Enqueue copy-in, forward, sampling and copy-out of a prepared step; never blocks the host."""
@@ -66,6 +72,7 @@ class CudaDevice:
                     stage.copy_(host, non_blocking=True)
                 self.ev_h2d[k].record(self.h2d_stream)
             self._copy_done[k] = self.ev_h2d[k]
+            self._copy_step[k] = self._launched
             with torch.cuda.stream(self.compute_stream):
                 self.compute_stream.wait_event(self.ev_h2d[k])
                 for _, stage, dev in views:
@@ -86,7 +93,8 @@ class CudaDevice:
                 self.d2h_stream.wait_event(self.ev_sampled)
                 self.host_out[k][:plan.total_samples].copy_(tokens, non_blocking=True)
                 self.ev_d2h[k].record(self.d2h_stream)
-        return StepHandle(plan, self.ev_d2h[k], tokens)
+        self._launched += 1
+        return StepHandle(plan, self.ev_d2h[k], tokens, step=self._launched - 1)
 
     def _views(self, part: int, k: int, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The first ``n`` bytes of part ``part``'s host buffer ``k``, staging buffer ``k`` and device buffer,
@@ -100,6 +108,7 @@ class CudaDevice:
     def finish(self, handle: StepHandle) -> list[int]:
         """Block until the step's tokens are in the pinned host buffer; returns them (call inside a wait)."""
         handle.done.synchronize()
+        self._finished = max(self._finished, handle.step)
         return self.host_out[handle.plan.buf][:handle.plan.total_samples].tolist()
 
     def _forward_split(self, plan: StepPlan) -> torch.Tensor:

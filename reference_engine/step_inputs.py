@@ -62,6 +62,7 @@ class StepHandle:
     plan: StepPlan
     done: object
     tokens: torch.Tensor | None = None
+    step: int = -1  # the device side's launch count (CUDA: what ``copy_pending`` knows to be done)
 
 
 class HostInputs:

@@ -61,3 +61,23 @@ def test_piecewise_graphs_give_the_one_graph_tokens_on_cuda():
     pieces, _ = _tokens("sync", True, **kw)
     one, _ = _tokens("sync", True, piecewise_graphs=False, **kw)
     assert pieces == one
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_host_buffer_reuse_needs_no_event_query_after_the_wait(mode):
+    """A host buffer's copy belongs to a step two launches back, whose tokens both loops have waited for by
+    then: copy_pending answers from that without querying the copy's event (a recorded host call on the
+    sync loop's critical path); a copy of a step not yet waited for is still queried."""
+    engine = LLMEngine(EngineConfig(mode=mode, device="cuda", max_batch_tokens=256, max_seqs=16))
+    dev = engine.runner.device_side
+    queried = []
+    for ev in dev.ev_h2d:
+        ev.query = lambda ev=ev, q=ev.query: queried.append(ev) or q()
+    reqs = make_workload(WorkloadConfig(num_requests=8, prompt_len="uniform:4:60", output_len="fixed:12"),
+                         vocab_size=engine.vocab_size)
+    result = engine.generate(reqs)
+    assert result.output_tokens == 8 * 12 and not queried
+    assert dev.copy_pending(0) is None and dev.copy_pending(1) is None
+    dev._finished = -1  # as if no step had been waited for: the events are asked again
+    dev.copy_pending(0)
+    assert queried
