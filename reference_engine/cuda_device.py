@@ -2,7 +2,9 @@
 
 A step's inputs (each batch part's bytes, up to its last used block-table row) go in one H2D copy on their
 own stream into a device staging buffer (two, alternating with the host buffers); the compute stream then
-copies the staging buffer, in one copy, into the static buffer that the model and the CUDA graphs read, runs the forward and samples; the D2H stream copies the sampled tokens into a
+copies the staging buffer, in one copy, into the static buffer that the model and the CUDA graphs read
+(when the host has waited for every step launched before, as the sync loop has, nothing reads that buffer
+and the H2D copy goes straight into it), runs the forward and samples; the D2H stream copies the sampled tokens into a
 pinned host buffer. Nothing here blocks the host: ``launch`` only enqueues, and what the host waits on
 (``copy_pending``, ``StepHandle.done``) is an event the runner synchronizes inside ``abprof.sync_wait``.
 
@@ -33,6 +35,7 @@ class CudaDevice:
                       for _ in r.dev]
         self._copy_views: dict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
         self.host_out = [torch.zeros(r.max_s, dtype=torch.int64, pin_memory=True) for _ in range(2)]
+        self._host_out_np = [t.numpy() for t in self.host_out]  # read without a (recorded) torch op
         self.ev_h2d = [torch.cuda.Event() for _ in range(2)]
         self.ev_stage_free = [torch.cuda.Event() for _ in range(2)]
         self.ev_d2h = [torch.cuda.Event() for _ in range(2)]
@@ -66,18 +69,23 @@ class CudaDevice:
         parts = [plan] if plan.part2 is None else [plan, plan.part2]
         with record_function("abprof.forward"):
             views = [self._views(i, k, r.host.used_bytes(max(p.num_seqs, p.graph_bs))) for i, p in enumerate(parts)]
+            # the host has waited for every launched step (the sync loop): nothing on the GPU reads the device
+            # buffers, so the inputs go straight into them, without the staging copy
+            idle = self._finished == self._launched - 1
             with torch.cuda.stream(self.h2d_stream):
-                self.h2d_stream.wait_event(self.ev_stage_free[k])
-                for host, stage, _ in views:
-                    stage.copy_(host, non_blocking=True)
+                if not idle:
+                    self.h2d_stream.wait_event(self.ev_stage_free[k])
+                for host, stage, dev in views:
+                    (dev if idle else stage).copy_(host, non_blocking=True)
                 self.ev_h2d[k].record(self.h2d_stream)
             self._copy_done[k] = self.ev_h2d[k]
             self._copy_step[k] = self._launched
             with torch.cuda.stream(self.compute_stream):
                 self.compute_stream.wait_event(self.ev_h2d[k])
-                for _, stage, dev in views:
-                    dev.copy_(stage)
-                self.ev_stage_free[k].record(self.compute_stream)
+                if not idle:
+                    for _, stage, dev in views:
+                        dev.copy_(stage)
+                    self.ev_stage_free[k].record(self.compute_stream)
                 if plan.part2 is None:
                     logits = r.forward(plan)
                 elif r.overlap:  # NCCL's own stream runs each all-reduce under the other micro-batch
@@ -109,7 +117,7 @@ class CudaDevice:
         """Block until the step's tokens are in the pinned host buffer; returns them (call inside a wait)."""
         handle.done.synchronize()
         self._finished = max(self._finished, handle.step)
-        return self.host_out[handle.plan.buf][:handle.plan.total_samples].tolist()
+        return self._host_out_np[handle.plan.buf][:handle.plan.total_samples].tolist()
 
     def _forward_split(self, plan: StepPlan) -> torch.Tensor:
         """A split step on the compute stream (inputs already in the device buffers): decode batch here,

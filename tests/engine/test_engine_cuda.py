@@ -67,7 +67,8 @@ def test_piecewise_graphs_give_the_one_graph_tokens_on_cuda():
 def test_host_buffer_reuse_needs_no_event_query_after_the_wait(mode):
     """A host buffer's copy belongs to a step two launches back, whose tokens both loops have waited for by
     then: copy_pending answers from that without querying the copy's event (a recorded host call on the
-    sync loop's critical path); a copy of a step not yet waited for is still queried."""
+    sync loop's critical path); a copy of a step not yet waited for is still queried. With every launched step
+    waited for (the sync loop), the inputs skip the staging buffers."""
     engine = LLMEngine(EngineConfig(mode=mode, device="cuda", max_batch_tokens=256, max_seqs=16))
     dev = engine.runner.device_side
     queried = []
@@ -77,6 +78,9 @@ def test_host_buffer_reuse_needs_no_event_query_after_the_wait(mode):
                          vocab_size=engine.vocab_size)
     result = engine.generate(reqs)
     assert result.output_tokens == 8 * 12 and not queried
+    # the sync loop's inputs go straight into the buffers the model reads; the async loop's through staging
+    staged = any(bool(stage.any()) for per_part in dev.stage for stage in per_part)
+    assert staged == (mode == "async")
     assert dev.copy_pending(0) is None and dev.copy_pending(1) is None
     dev._finished = -1  # as if no step had been waited for: the events are asked again
     dev.copy_pending(0)
