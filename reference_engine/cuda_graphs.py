@@ -10,7 +10,7 @@ LM head), replayed one after another on the same stream. The GPU starts on the f
 is still launching the others. With nothing recording that changes little (a graph launch costs the host
 5-10 us); under CUDA activity tracing CUPTI spends about 1 us of host time per kernel node at every
 launch (reports/h200/graph-cupti.md), which for a whole 167-kernel decode graph lands on the synchronous
-loop's critical path and with pieces only the first piece's share does (reports/h200/overhead.md).
+loop's critical path and with pieces only the first piece's share does (reports/h200/overhead-arms.md).
 """
 
 from __future__ import annotations

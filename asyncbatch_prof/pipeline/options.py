@@ -80,7 +80,7 @@ class RunOptions:
     one_graph: bool = option(False, "Reference engine: each decode CUDA graph in one piece. Default: three pieces "
                              "over the layers, launched in turn, so that the GPU starts on the first while the host "
                              "launches the rest (the profiler's cost per recorded sync step: +3.1% against +5.3%, "
-                             "reports/h200/overhead.md).", names=("--one-graph",), panel=ENGINE)
+                             "reports/h200/overhead-arms.md).", names=("--one-graph",), panel=ENGINE)
     split_prefill_decode: bool = option(False, "Reference engine: run a step's decodes and prefill chunks as two "
                                         "batches on two CUDA streams, so their kernels overlap (same tokens).",
                                         names=("--split-prefill-decode",), panel=ENGINE)
