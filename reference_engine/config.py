@@ -63,6 +63,10 @@ class EngineConfig:
     # the interpreter lock, so that the async loop's worker overlaps the host. None: on for a CPU engine
     # without tensor parallelism, off on CUDA
     cpu_graphs: bool | None = None
+    # on the CPU, each step's device work in a forked child process that plays the GPU (reference_engine.cpu_process),
+    # in both loops; it has its own interpreter lock, where the async loop's worker thread shares the host's.
+    # None: on for a CPU engine without tensor parallelism; False: sync inline, async on a worker thread
+    cpu_worker_process: bool | None = None
     seed: int = 0
     enable_eos: bool = False
     max_model_len: int | None = None  # None: the model's max_position_embeddings
@@ -115,6 +119,10 @@ class EngineConfig:
             problems.append(f"cpu_graphs must be None or a bool, got {self.cpu_graphs!r}")
         elif self.cpu_graphs and self.tp_size > 1:
             problems.append("cpu_graphs traces a single-rank forward; it needs tp_size 1")
+        if self.cpu_worker_process is not None and not isinstance(self.cpu_worker_process, bool):
+            problems.append(f"cpu_worker_process must be None or a bool, got {self.cpu_worker_process!r}")
+        elif self.cpu_worker_process and self.tp_size > 1:
+            problems.append("cpu_worker_process forks a single-rank engine; it needs tp_size 1")
         if not isinstance(self.split_prefill_decode, bool):
             problems.append(f"split_prefill_decode must be a bool, got {self.split_prefill_decode!r}")
         if not isinstance(self.tp_size, int) or isinstance(self.tp_size, bool) or self.tp_size < 1:

@@ -1,5 +1,8 @@
 """The device side of a step on the CPU: copy-in, forward and sampling, inline or on one worker thread.
 
+By default neither runs in the engine's own process: a forked child runs this inline (``cpu_process``), for
+both loops. Inline and worker-thread are what ``cpu_worker_process=False`` and tensor parallelism use.
+
 The sync loop runs them inline on the engine thread (annotated: that is where the time goes). The
 async loop runs them on a worker thread that plays the CUDA stream (not annotated: it plays the
 device), its futures playing the events: the host waits on a future inside ``abprof.sync_wait``. A

@@ -1,13 +1,11 @@
 """Decode steps on the CPU through one traced call: the CPU's counterpart of the decode CUDA graphs.
 
-On the CPU the asynchronous loop's device work runs on a worker thread (``cpu_device``). Run eagerly, a
-decode step is ~100 small torch calls, and every one of them hands Python's interpreter lock to the host
-thread, which then keeps it for its whole turn (scheduling, preparing the next step) before the worker
-can issue its next call: the two take turns instead of overlapping, and the async loop was no faster
-than the sync one (reports/cpu-default.md). ``torch.jit.trace`` records the device side of a decode step
+Run eagerly, a decode step on the CPU is ~100 small torch calls from Python, and their dispatch is most of
+its time for the small models the CPU runs. ``torch.jit.trace`` records the device side of a decode step
 once (the placeholder-token gather, the forward, greedy sampling); calling the trace runs all of it in
-TorchScript's interpreter, which releases the lock for the whole call, as a CUDA graph's launch frees
-the host. The host then prepares step N+1 while the worker computes step N.
+TorchScript's interpreter: the default workload runs about 1.65x faster (reports/cpu-default.md). (It does
+not free the interpreter lock for the whole call, so a worker thread with the trace still waited for the
+host thread's turn; the device process of ``cpu_process`` is what lets the async loop overlap.)
 
 One trace serves every batch size and context length: the traced step reads only tensors (the host
 buffer's rows, ``attention.paged_decode_padded`` with the block-table columns the caller passes; no

@@ -12,6 +12,7 @@ from reference_engine.attention import _triton_backend
 from reference_engine.block_manager import BlockManager
 from reference_engine.config import PRESETS, EngineConfig, preset_config
 from reference_engine.cpu_device import set_cpu_threads, usable_cores
+from reference_engine.cpu_process import can_fork
 from reference_engine.follow_loop import run_follower
 from reference_engine.model import (CausalLM, init_random_weights, load_checkpoint_config,
                                     load_checkpoint_weights)
@@ -54,6 +55,8 @@ class LLMEngine:
             raise ValueError("cuda_graphs=True needs a CUDA device")
         if cfg.cpu_graphs and device.type != "cpu":
             raise ValueError("cpu_graphs=True needs the CPU (CUDA steps use CUDA graphs)")
+        if cfg.cpu_worker_process and device.type != "cpu":
+            raise ValueError("cpu_worker_process=True needs the CPU (on CUDA the GPU is the device)")
         with torch.device(device):
             model = CausalLM(mc)
         model.to(self.dtype)
@@ -79,17 +82,21 @@ class LLMEngine:
         # default off at TP > 1: capturing the collectives is untested here
         graphs = cfg.cuda_graphs if cfg.cuda_graphs is not None else (device.type == "cuda" and not self.tp)
         cpu_graphs = cfg.cpu_graphs if cfg.cpu_graphs is not None else (device.type == "cpu" and not self.tp)
+        worker_process = (device.type == "cpu" and not self.tp and cfg.cpu_worker_process is not False
+                          and can_fork())
         self.runner = ModelRunner(model, self.kv_cache, max_batch_tokens=cfg.max_batch_tokens,
                                   max_seqs=cfg.max_seqs, block_size=cfg.block_size,
                                   max_model_len=self.max_model_len, device=device, cuda_graphs=graphs,
                                   worker_thread=cfg.mode == "async", split_prefill_decode=cfg.split_prefill_decode,
                                   tp=self.tp, tp_overlap=cfg.tp_overlap, piecewise_graphs=cfg.piecewise_graphs,
-                                  cpu_graphs=cpu_graphs)
+                                  cpu_graphs=cpu_graphs, worker_process=worker_process)
+        self.cpu_worker_process = worker_process
         self.cuda_graphs = bool(self.runner.graphs)
         self.cpu_graphs = cpu_graphs
         self.notes: list[str] = []  # facts a report should mention
         if device.type == "cpu":
-            worker = "; the async loop's device work runs on a worker thread" if cfg.mode == "async" else ""
+            worker = ("; a child process runs the steps' device work" if worker_process else
+                      "; the async loop's device work runs on a worker thread" if cfg.mode == "async" else "")
             traced = "; decode steps through a traced forward" if cpu_graphs else ""
             self.notes.append(f"running on the CPU with {self.cpu_threads} torch compute thread(s) of "
                               f"{usable_cores()} usable core(s){worker}{traced}")
@@ -135,8 +142,7 @@ class LLMEngine:
         ``requests`` are not used) and return a result without records."""
         cfg = self.cfg
         runner = self.runner
-        runner.params = sampling or SamplingParams()
-        runner.generator = torch.Generator(device=self.device).manual_seed(cfg.seed)
+        runner.configure_sampling(sampling or SamplingParams(), cfg.seed)
         if self.rank != 0:
             return self._follow(on_step)
         records = [RequestRecord(r.request_id, r.prompt_len, r.max_new_tokens, r.arrival_s) for r in requests]
@@ -197,7 +203,8 @@ class LLMEngine:
             "mode": cfg.mode, "max_batch_tokens": cfg.max_batch_tokens, "max_seqs": cfg.max_seqs,
             "block_size": cfg.block_size, "num_blocks": self.num_blocks,
             "kv_cache_gb": self.kv_cache.numel() * self.kv_cache.element_size() / 1e9,
-            "cuda_graphs": self.cuda_graphs, "cpu_graphs": self.cpu_graphs, "graph_batch_sizes": list(self.runner.graph_sizes),
+            "cuda_graphs": self.cuda_graphs, "cpu_graphs": self.cpu_graphs,
+            "cpu_worker_process": self.cpu_worker_process, "graph_batch_sizes": list(self.runner.graph_sizes),
             "graph_piece_layers": self.runner.piece_bounds,
             "attention_backend": "triton" if (self.device.type == "cuda" and _triton_backend()) else "torch",
             "split_prefill_decode": cfg.split_prefill_decode, "tp_size": cfg.tp_size, "tp_overlap": cfg.tp_overlap,

@@ -2,7 +2,8 @@
 ``wait(handle)`` returns the step's sampled tokens. The two loops differ only in when they call ``wait``.
 
 The pieces, one file each: the host buffers and ``prepare`` (``step_inputs``), the device side on CUDA
-(``cuda_device``: streams and events) and on the CPU (``cpu_device``: inline or a worker thread), the
+(``cuda_device``: streams and events) and on the CPU (``cpu_device``: inline or a worker thread, by default
+inside the device process of ``cpu_process``), the
 decode CUDA graphs (``cuda_graphs``), the split prefill/decode step (``split_step``) and, with tensor
 parallelism, the step's broadcast from rank 0 to the other ranks (``batch_broadcast``). This file holds
 what they share: the static device buffers the model reads, the forward of one batch, sampling.
@@ -28,6 +29,7 @@ from reference_engine.attention import AttentionMetadata, _triton_backend
 from reference_engine.batch_broadcast import receive_step, send_step
 from reference_engine.cpu_device import CpuDevice
 from reference_engine.cpu_graphs import DecodeTrace
+from reference_engine.cpu_process import CpuProcessDevice
 from reference_engine.cuda_device import CudaDevice
 from reference_engine.cuda_graphs import DecodeGraph, capture_graphs, graph_size, piece_bounds
 from reference_engine.sampler import SamplingParams, sample
@@ -44,7 +46,7 @@ class ModelRunner:
     def __init__(self, model, kv_cache: torch.Tensor, *, max_batch_tokens: int, max_seqs: int, block_size: int,
                  max_model_len: int, device: torch.device, cuda_graphs: bool, worker_thread: bool,
                  split_prefill_decode: bool = False, tp: TPGroup | None = None, tp_overlap: bool = False,
-                 piecewise_graphs: bool = True, cpu_graphs: bool = False):
+                 piecewise_graphs: bool = True, cpu_graphs: bool = False, worker_process: bool = False):
         self.model = model
         self.tp = tp  # tensor parallelism: rank 0 broadcasts each step's inputs (``batch_broadcast``)
         self.kv_cache = kv_cache
@@ -57,7 +59,9 @@ class ModelRunner:
         self.split = split_prefill_decode
         self.overlap = tp_overlap and tp is not None  # two micro-batches, pipelined (``tp_overlap``)
         parts = 2 if self.split or self.overlap else 1  # the second batch has its own buffers, same layout
-        self.host = HostInputs(self.max_t, self.max_s, self.width, parts, pin=self.is_cuda)
+        if worker_process and (self.is_cuda or tp is not None):
+            raise ValueError("worker_process needs a CPU engine without tensor parallelism")
+        self.host = HostInputs(self.max_t, self.max_s, self.width, parts, pin=self.is_cuda, shared=worker_process)
         # each part's device buffer has the host part's byte layout, so that a step's inputs arrive in one copy
         self.dev_raw = [torch.zeros(self.host.part_bytes, dtype=torch.uint8, device=device) for _ in range(parts)]
         self.dev = [layout(*self.host.sections(raw), self.max_t, self.max_s, self.width) for raw in self.dev_raw]
@@ -85,6 +89,9 @@ class ModelRunner:
             self.host_tensors = [layout(t64[0], t32[0], self.max_t, self.max_s, self.width)
                                  for t64, t32 in zip(self.host.t64, self.host.t32)]
             self.decode_trace = DecodeTrace(model, kv_cache, self.host_tensors[0])
+        if worker_process:  # last: the child is forked with everything above
+            self.device_side.close()
+            self.device_side = CpuProcessDevice(self, CpuDevice(self, worker_thread=False))
 
     @property
     def np_views(self) -> list[dict]:
@@ -93,6 +100,14 @@ class ModelRunner:
 
     def close(self) -> None:
         self.device_side.close()
+
+    def configure_sampling(self, params: SamplingParams, seed: int) -> None:
+        """The sampling parameters and a generator seeded with ``seed``, for the next ``generate`` (and the
+        device process's, which samples there)."""
+        self.params = params
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        if isinstance(self.device_side, CpuProcessDevice):
+            self.device_side.configure(params, seed)
 
     # ---- host side ---------------------------------------------------------------------------
     def prepare(self, batch: ScheduledBatch, k: int, part: int = 0) -> StepPlan:

@@ -68,13 +68,15 @@ class StepHandle:
 class HostInputs:
     """The two alternating host input buffers and their views, for ``parts`` batch parts."""
 
-    def __init__(self, max_t: int, max_s: int, width: int, parts: int, pin: bool):
+    def __init__(self, max_t: int, max_s: int, width: int, parts: int, pin: bool, shared: bool = False):
         self.max_t, self.max_s, self.width, self.parts = max_t, max_s, width, parts
         self.n64 = 4 * max_t + 2 * max_s  # ids, positions, slot_mapping, gather index | sample rows, merge
         self.n32 = 2 * max_s + 1 + max_s * width  # query_start_loc, context_lens | block tables
         self.part_bytes = 8 * self.n64 + 4 * (self.n32 + self.n32 % 2)  # int64-aligned
         self.nbytes = 8 * HEADER_WORDS + parts * self.part_bytes
         self.raw = [torch.zeros(self.nbytes, dtype=torch.uint8, pin_memory=pin) for _ in range(2)]
+        if shared:  # a device process reads them (``cpu_process``); before any view is made of them
+            self.raw = [r.share_memory_() for r in self.raw]
         self.header = [r[:8 * HEADER_WORDS].view(torch.int64) for r in self.raw]
         # part_raw[k][p]: the bytes of part p of buffer k (the copy source); t64/t32[k][p]: its sections as
         # torch tensors; views[k][p]: as named numpy views

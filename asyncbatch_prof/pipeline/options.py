@@ -60,12 +60,12 @@ class RunOptions:
                                 "continuous batching, generate_batch).")
     model: str | None = option(None, "Preset (tiny, llama-1b) or a checkpoint folder. Default: llama-1b on CUDA, "
                                "tiny on the CPU.", show_default=False)
-    requests: int | None = option(None, "Number of requests. Default: 256 on CUDA, 16 on the CPU (with "
+    requests: int | None = option(None, "Number of requests. Default: 256 on CUDA, 32 on the CPU (with "
                                   "--workload-jsonl: the file's).", show_default=False, panel=WORKLOAD)
     prompt_len: str | None = option(None, "Prompt lengths: fixed:N, uniform:LO:HI or lognormal:MEAN:SIGMA[:MAX]. "
                                     "Default: uniform:128:1024 on CUDA, uniform:16:64 on the CPU.", metavar="DIST",
                                     show_default=False, panel=WORKLOAD)
-    output_len: str | None = option(None, "Output lengths (same forms). Default: fixed:256 on CUDA, fixed:16 on "
+    output_len: str | None = option(None, "Output lengths (same forms). Default: fixed:256 on CUDA, fixed:32 on "
                                     "the CPU.", metavar="DIST", show_default=False, panel=WORKLOAD)
     arrival_rate: float | None = option(None, "Poisson arrivals, requests/s. Default: all requests at t=0 "
                                         "(offline).", show_default=False, panel=WORKLOAD)

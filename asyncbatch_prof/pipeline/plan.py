@@ -235,9 +235,9 @@ def plan_runs(opts: RunOptions, command: list[str] | None = None) -> RunPlan:
                              + ("" if opts.requests or opts.workload_jsonl else " with a small workload")
                              + "; GPU metrics will be absent"]
     _check_options(opts, mode, engine, cuda)
-    if not cuda and mode is not RunMode.SYNC and engine is EngineName.REFERENCE:
-        notes.append("on the CPU the async loop is not reliably faster: its worker thread and the host thread share "
-                     "one Python interpreter lock (reports/cpu-default.md)")
+    if not cuda and engine is EngineName.REFERENCE and (opts.tp or 1) == 1:
+        # one terminal line (80 columns with "abprof: "); reference_engine/cpu_process.py says why
+        notes.append("a child process plays the GPU; its compute is not in the trace")
     if opts.split_prefill_decode and not cuda:
         # one terminal line (80 columns with "abprof: "); run.json's notes say more
         notes.append("--split-prefill-decode falls back on the CPU: both batches run in turn")

@@ -113,7 +113,7 @@ def test_async_worker_thread_uses_the_same_compute_threads(monkeypatch, keep_thr
 
     if _omp_max_threads() is None:
         pytest.skip("torch is not built with GNU OpenMP here")
-    engine = LLMEngine(EngineConfig(model="tiny", mode="async", device="cpu", cpu_threads=1))
+    engine = LLMEngine(EngineConfig(model="tiny", mode="async", device="cpu", cpu_threads=1, cpu_worker_process=False))
     seen = engine.runner.device_side._worker.submit(_omp_max_threads).result()
     engine.close()
     assert seen == 1 == _omp_max_threads()

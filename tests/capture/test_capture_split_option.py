@@ -22,10 +22,12 @@ def test_split_flag_reaches_the_engine_and_the_trace(tmp_path, cli, no_nvml):
     run = json.loads((out / rf.RUN_JSON).read_text())
     assert run["config"]["split_prefill_decode"] is True
     assert "--split-prefill-decode" in run["command"]
+    assert run["model"]["split_prefill_decode"] is True
     with gzip.open(out / rf.TRACE, "rt") as f:
         names = {e.get("name") for e in json.load(f)["traceEvents"]}
-    # prompts of 40 tokens in 24-token steps: decodes share steps with prefill chunks, which are split
-    assert {"abprof.forward", "abprof.forward.decode", "abprof.forward.prefill"} <= names
+    # the two batches' own ranges are the device process's (tests/engine/test_engine_split.py checks them in
+    # one process); the host's hand-over is here
+    assert "abprof.forward" in names and run["model"]["cpu_worker_process"] is True
 
 
 def test_split_flag_refused_for_transformers(tmp_path, cli):

@@ -1,4 +1,5 @@
-"""Sync and async loops give identical tokens (CPU: the async loop's device work runs on a worker thread)."""
+"""Sync and async loops give identical tokens (CPU: a child process runs the device work, ``cpu_process``; with
+``cpu_worker_process=False`` the async loop's runs on a worker thread)."""
 
 from __future__ import annotations
 
@@ -143,9 +144,8 @@ def test_poisson_arrivals_and_annotations(mode):
     names = {e.name for e in prof.events()}
     expected = {"abprof.step", "abprof.schedule", "abprof.prepare", "abprof.forward", "abprof.sample",
                 "abprof.update", "abprof.sync_wait"}
-    if mode == "async":
-        expected.discard("abprof.sample")  # on the CPU the worker thread plays the device (not annotated)
-    assert expected <= names
+    expected.discard("abprof.sample")  # on the CPU a child process plays the device: its work is not here
+    assert expected <= names and "abprof.sample" not in names
 
 
 def test_describe_and_invalid_configs():
@@ -189,7 +189,8 @@ def test_traced_cpu_decode_gives_the_eager_tokens(name):
     for mode in ("sync", "async"):
         for sampling in (None, seeded):
             _, eager = _run(mode, dict(engine_kw, cpu_graphs=False), workload_kw, sampling)
-            engine = LLMEngine(EngineConfig(mode=mode, device="cpu", **engine_kw))
+            # in this process (the default device process was forked with the trace and would hide the calls)
+            engine = LLMEngine(EngineConfig(mode=mode, device="cpu", cpu_worker_process=False, **engine_kw))
             calls = []
             trace = engine.runner.decode_trace
             engine.runner.decode_trace = lambda *a: calls.append(1) or trace(*a)
@@ -200,3 +201,51 @@ def test_traced_cpu_decode_gives_the_eager_tokens(name):
                 engine.close()
             assert engine.describe()["cpu_graphs"] is True and calls
             assert [r.output_token_ids for r in traced.records] == [r.output_token_ids for r in eager.records]
+
+
+@pytest.mark.parametrize("name", sorted(WORKLOADS))
+def test_device_process_gives_the_worker_thread_tokens(name):
+    """The device work in a child process (the CPU default) against the same engine run in this process (the
+    sync loop inline, the async loop on a worker thread), greedy and seeded sampling, and the process stops."""
+    engine_kw, workload_kw = WORKLOADS[name]
+    seeded = SamplingParams(temperature=0.8, top_k=50, top_p=0.9)
+    for mode in ("sync", "async"):
+        for sampling in (None, seeded):
+            _, here = _run(mode, dict(engine_kw, cpu_worker_process=False), workload_kw, sampling)
+            engine = LLMEngine(EngineConfig(mode=mode, device="cpu", **engine_kw))
+            proc = engine.runner.device_side._proc
+            assert engine.describe()["cpu_worker_process"] is True and proc.is_alive()
+            reqs = make_workload(WorkloadConfig(**workload_kw), vocab_size=engine.vocab_size)
+            child = engine.generate(reqs, sampling=sampling)
+            engine.close()
+            assert not proc.is_alive()
+            assert [r.output_token_ids for r in child.records] == [r.output_token_ids for r in here.records]
+            assert [r.preemptions for r in child.records] == [r.preemptions for r in here.records]
+
+
+def test_device_process_failure_is_one_error_not_a_hang():
+    """A step that fails in the device process raises DeviceProcessError in the host with the child's traceback;
+    a device process that dies raises too, instead of the host waiting for tokens forever."""
+    import os
+    import signal
+
+    from reference_engine.cpu_process import DeviceProcessError
+
+    import reference_engine.model_runner as model_runner
+
+    def broken(logits, params, generator):
+        raise ValueError("no sampling today")
+
+    with pytest.MonkeyPatch.context() as patch:  # the child is forked with the patched sampler
+        patch.setattr(model_runner, "sample", broken)
+        engine = LLMEngine(EngineConfig(mode="sync", device="cpu"))
+    reqs = make_workload(WorkloadConfig(num_requests=2, prompt_len="fixed:8", output_len="fixed:3"),
+                         vocab_size=engine.vocab_size)
+    with pytest.raises(DeviceProcessError, match="(?s)failed a step.*no sampling today"):
+        engine.generate(reqs, sampling=SamplingParams(temperature=1.0))
+    engine.close()
+    engine = LLMEngine(EngineConfig(mode="async", device="cpu"))
+    os.kill(engine.runner.device_side._proc.pid, signal.SIGKILL)
+    with pytest.raises(DeviceProcessError, match="died|closed"):
+        engine.generate(reqs)
+    engine.close()

@@ -97,7 +97,9 @@ def test_split_batch_rows_and_merge_index():
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
 def test_split_annotations_nest_inside_forward(mode):
-    engine = LLMEngine(EngineConfig(mode=mode, device="cpu", split_prefill_decode=True, max_batch_tokens=24))
+    # in this process (with the default device process the batches' annotations are the child's)
+    engine = LLMEngine(EngineConfig(mode=mode, device="cpu", split_prefill_decode=True, max_batch_tokens=24,
+                                    cpu_worker_process=False))
     reqs = make_workload(WorkloadConfig(num_requests=4, prompt_len="fixed:40", output_len="fixed:3", seed=4),
                          vocab_size=engine.vocab_size)
     with profile(activities=[ProfilerActivity.CPU]) as prof:
