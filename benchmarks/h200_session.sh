@@ -70,7 +70,8 @@ run_steps() {
     tp1) step tp1 bash -c "abprof run --tp 1 --mode both --out $W/tp1/tp1 && abprof run --mode both --out $W/tp1/plain \
         && abprof compare $W/tp1/plain/sync $W/tp1/tp1/sync --out $W/tp1/sync.html \
         && abprof compare $W/tp1/plain/async $W/tp1/tp1/async --out $W/tp1/async.html" ;;
-    lingering) step lingering python3 benchmarks/cupti_lingering.py --out "$W/lingering" --repeats "${REPEATS:-3}" ;;
+    lingering) step lingering python3 benchmarks/cupti_lingering.py --out "$W/lingering" --repeats "${REPEATS:-3}" \
+        --variants ${VARIANTS:-pieces one-graph} ;;
     engine-cuda) step engine-cuda python3 -m pytest -q -m cuda tests/engine/test_engine_cuda.py tests/engine/test_engine_split.py -p no:cacheprovider ;;
     graph-cupti) step graph-cupti python3 benchmarks/graph_cupti.py --out "$W/graph-cupti" ;;
     rank-scaling) step rank-scaling python3 benchmarks/rank_set_scaling.py --ranks 8 ;;
