@@ -109,8 +109,8 @@ class CpuDevice:
         return tokens
 
     def _traced_step(self, plan: StepPlan, note) -> torch.Tensor:
-        """A decode step as one traced call that holds no interpreter lock (``cpu_graphs``), reading the host
-        buffer in place; the sampling too when it is greedy."""
+        """A decode step as one traced call (``cpu_graphs``), reading the host buffer in place; the sampling too
+        when it is greedy."""
         r = self.runner
         with torch.inference_mode():
             with note("abprof.forward"):

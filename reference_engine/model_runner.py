@@ -69,7 +69,9 @@ class ModelRunner:
         self.params = SamplingParams()
         self.generator: torch.Generator | None = None
         self._step = 0
-        self.device_side = CudaDevice(self) if self.is_cuda else CpuDevice(self, worker_thread)
+        # with a device process, the CPU device runs inline inside it (set up last, below)
+        self.device_side = (CudaDevice(self) if self.is_cuda else
+                            CpuDevice(self, worker_thread and not worker_process))
         self.graphs: dict[int, tuple[DecodeGraph, torch.Tensor]] = {}
         self.graph_sizes: list[int] = []
         self.piece_bounds: list[int] | None = None  # the decode graphs' layer pieces (with graphs)
@@ -90,8 +92,7 @@ class ModelRunner:
                                  for t64, t32 in zip(self.host.t64, self.host.t32)]
             self.decode_trace = DecodeTrace(model, kv_cache, self.host_tensors[0])
         if worker_process:  # last: the child is forked with everything above
-            self.device_side.close()
-            self.device_side = CpuProcessDevice(self, CpuDevice(self, worker_thread=False))
+            self.device_side = CpuProcessDevice(self, self.device_side)
 
     @property
     def np_views(self) -> list[dict]:
