@@ -65,7 +65,8 @@ class EngineConfig:
     cpu_graphs: bool | None = None
     # on the CPU, each step's device work in a forked child process that plays the GPU (reference_engine.cpu_process),
     # in both loops; it has its own interpreter lock, where the async loop's worker thread shares the host's.
-    # None: on for a CPU engine without tensor parallelism; False: sync inline, async on a worker thread
+    # None: on for a CPU engine without tensor parallelism and without cpu_threads > 1 (the child computes on one
+    # thread: GNU OpenMP cannot start threads in a forked process); False: sync inline, async on a worker thread
     cpu_worker_process: bool | None = None
     seed: int = 0
     enable_eos: bool = False
@@ -75,8 +76,9 @@ class EngineConfig:
     split_prefill_decode: bool = False
     # Tensor parallelism: ranks (processes; see reference_engine.distributed), Megatron-style shards.
     tp_size: int = 1
-    # torch's compute threads on the CPU. None: one fewer than the usable cores (at least 1), so the compute
-    # threads never take the core of the async loop's worker or engine thread; the same in both modes.
+    # torch's compute threads on the CPU. None: 1 with the device process (cpu_worker_process, the default);
+    # in-process, one fewer than the usable cores (at least 1), so the compute threads never take the core of
+    # the async loop's worker or engine thread; the same in both modes.
     cpu_threads: int | None = None
     # TP > 1: a step of two or more sequences runs as two micro-batches whose layers are interleaved, so
     # that one's all-reduce runs under the other's GEMMs (reference_engine.tp_overlap). Same tokens.
@@ -123,6 +125,9 @@ class EngineConfig:
             problems.append(f"cpu_worker_process must be None or a bool, got {self.cpu_worker_process!r}")
         elif self.cpu_worker_process and self.tp_size > 1:
             problems.append("cpu_worker_process forks a single-rank engine; it needs tp_size 1")
+        elif self.cpu_worker_process and (self.cpu_threads or 1) > 1:
+            problems.append("cpu_worker_process computes on one thread (GNU OpenMP cannot start threads in a forked "
+                            "process); leave cpu_threads unset or 1")
         if not isinstance(self.split_prefill_decode, bool):
             problems.append(f"split_prefill_decode must be a bool, got {self.split_prefill_decode!r}")
         if not isinstance(self.tp_size, int) or isinstance(self.tp_size, bool) or self.tp_size < 1:

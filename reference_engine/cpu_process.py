@@ -159,7 +159,9 @@ def _serve(worker, conn, parent_end) -> None:
     """The child: run each step it is sent, send back its tokens, until told to stop (None) or orphaned."""
     parent_end.close()  # so that the parent's exit ends recv() with EOFError
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle; it then stops the child
-    torch.set_num_threads(torch.get_num_threads())  # the parent's count, applied to this process's own pool
+    # one compute thread: GNU OpenMP (torch's CPU builds) cannot start threads in a process forked from one that
+    # has used them, and a parallel region would hang here; the engine asks for one thread throughout (engine.py)
+    torch.set_num_threads(1)
     runner = worker.runner
     while True:
         try:

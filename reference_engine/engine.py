@@ -38,8 +38,13 @@ class LLMEngine:
         if self.tp and device.type == "cuda" and device.index is None:
             device = torch.device("cuda", self.rank)  # one GPU per rank
         self.device = device
+        # the CPU's device work in a forked child (cpu_process) unless asked otherwise; that child computes on one
+        # thread (GNU OpenMP cannot start threads in a process forked from one that has used them), so an
+        # explicit cpu_threads > 1 keeps the device work in this process
+        worker_process = (device.type == "cpu" and not self.tp and can_fork() and (
+            cfg.cpu_worker_process or (cfg.cpu_worker_process is None and (cfg.cpu_threads or 1) == 1)))
         # set before the model is built: the same compute threads in both loops, none on the loops' cores
-        self.cpu_threads = set_cpu_threads(cfg.cpu_threads) if device.type == "cpu" else None
+        self.cpu_threads = set_cpu_threads(1 if worker_process else cfg.cpu_threads) if device.type == "cpu" else None
         self.dtype = getattr(torch, cfg.dtype) if cfg.dtype else (torch.bfloat16 if device.type == "cuda"
                                                                   else torch.float32)
         self.preset = cfg.model if cfg.model in PRESETS else None
@@ -82,8 +87,6 @@ class LLMEngine:
         # default off at TP > 1: capturing the collectives is untested here
         graphs = cfg.cuda_graphs if cfg.cuda_graphs is not None else (device.type == "cuda" and not self.tp)
         cpu_graphs = cfg.cpu_graphs if cfg.cpu_graphs is not None else (device.type == "cpu" and not self.tp)
-        worker_process = (device.type == "cpu" and not self.tp and cfg.cpu_worker_process is not False
-                          and can_fork())
         self.runner = ModelRunner(model, self.kv_cache, max_batch_tokens=cfg.max_batch_tokens,
                                   max_seqs=cfg.max_seqs, block_size=cfg.block_size,
                                   max_model_len=self.max_model_len, device=device, cuda_graphs=graphs,

@@ -33,12 +33,47 @@ def test_cpu_threads_leave_a_core_to_the_loops(monkeypatch, keep_threads, cores,
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(cores)))
     described = []
     for mode in ("sync", "async"):
-        engine = LLMEngine(EngineConfig(model="tiny", mode=mode, device="cpu"))
+        # in this process (the default device process computes on one thread, below)
+        engine = LLMEngine(EngineConfig(model="tiny", mode=mode, device="cpu", cpu_worker_process=False))
         assert torch.get_num_threads() == threads
         described.append((engine.describe()["cpu_threads"], engine.describe()["usable_cores"]))
         assert f"{threads} torch compute thread(s) of {cores} usable core(s)" in engine.notes[0]
         engine.close()
+        engine = LLMEngine(EngineConfig(model="tiny", mode=mode, device="cpu"))
+        assert engine.describe()["cpu_worker_process"] and engine.describe()["cpu_threads"] == 1
+        engine.close()
     assert described == [(threads, cores), (threads, cores)]  # the same in both modes
+
+
+def test_device_process_does_not_hang_after_the_process_used_threads():
+    """GNU OpenMP cannot run a parallel region in a process forked from one that has used its threads: the
+    device process would hang on its first matrix product. It computes on one thread, so an engine built in a
+    process that has already used several (a notebook, a test suite) still runs; cpu_threads > 1 keeps the
+    device work in the process, and asking for both is refused."""
+    code = """
+import os
+import torch
+from reference_engine import EngineConfig, LLMEngine, WorkloadConfig, make_workload
+os.sched_getaffinity = lambda pid: set(range(8))  # a laptop's cores: in-process, 7 compute threads
+torch.set_num_threads(2)
+a = torch.randn(800, 800)
+(a @ a).sum()
+for kw in ({}, {"cpu_threads": 2}):
+    engine = LLMEngine(EngineConfig(mode="async", device="cpu", **kw))
+    reqs = make_workload(WorkloadConfig(num_requests=4, prompt_len="uniform:16:64", output_len="fixed:4"),
+                         engine.vocab_size)
+    result = engine.generate(reqs)
+    print(engine.describe()["cpu_worker_process"], engine.describe()["cpu_threads"], result.output_tokens)
+    engine.close()
+"""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=180,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split("\n")[:2] == ["True 1 16", "False 2 16"]
+    with pytest.raises(ValueError, match="cpu_worker_process computes on one thread"):
+        from reference_engine import EngineConfig
+
+        EngineConfig(cpu_worker_process=True, cpu_threads=2)
 
 
 def test_cpu_threads_asked_for_and_refused(keep_threads):
