@@ -40,7 +40,6 @@ class CudaDevice:
         self.ev_stage_free = [torch.cuda.Event() for _ in range(2)]
         self.ev_d2h = [torch.cuda.Event() for _ in range(2)]
         self.ev_sampled = torch.cuda.Event()
-        self._copy_done: list[torch.cuda.Event | None] = [None, None]
         # steps are numbered as launched; a step whose tokens the host has waited for is known to have finished
         # its copy (and so has every step before it: one H2D stream), which spares the event query
         self._launched, self._finished = 0, -1
@@ -58,9 +57,9 @@ class CudaDevice:
 
     def copy_pending(self, k: int) -> torch.cuda.Event | None:
         """The H2D copy still reading host buffer ``k`` (from two steps ago), or None when it is done."""
-        ev = self._copy_done[k]
-        if ev is None or self._copy_step[k] <= self._finished:
+        if self._copy_step[k] <= self._finished:  # also before any step has used buffer k (-1)
             return None
+        ev = self.ev_h2d[k]
         return None if ev.query() else ev
 
     def launch(self, plan: StepPlan) -> StepHandle:
@@ -78,7 +77,6 @@ class CudaDevice:
                 for host, stage, dev in views:
                     (dev if idle else stage).copy_(host, non_blocking=True)
                 self.ev_h2d[k].record(self.h2d_stream)
-            self._copy_done[k] = self.ev_h2d[k]
             self._copy_step[k] = self._launched
             with torch.cuda.stream(self.compute_stream):
                 self.compute_stream.wait_event(self.ev_h2d[k])
