@@ -59,9 +59,8 @@ class EngineConfig:
     # each decode graph in a few pieces over growing runs of layers (cuda_graphs.piece_bounds), so that the
     # GPU starts on the first while the host launches the rest; False: one graph per batch size
     piecewise_graphs: bool = True
-    # decode steps on the CPU through one traced forward (reference_engine.cpu_graphs), which runs without
-    # the interpreter lock, so that the async loop's worker overlaps the host. None: on for a CPU engine
-    # without tensor parallelism, off on CUDA
+    # decode steps on the CPU through one traced call (reference_engine.cpu_graphs) instead of ~100 torch calls
+    # from Python. None: on for a CPU engine without tensor parallelism, off on CUDA
     cpu_graphs: bool | None = None
     # on the CPU, each step's device work in a forked child process that plays the GPU (reference_engine.cpu_process),
     # in both loops; it has its own interpreter lock, where the async loop's worker thread shares the host's.

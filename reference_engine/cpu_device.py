@@ -114,7 +114,7 @@ class CpuDevice:
         r = self.runner
         with torch.inference_mode():
             with note("abprof.forward"):
-                logits, tokens = r.traced_decode(plan, r.host_tensors[plan.buf])
+                logits, tokens = r.traced_decode(plan, r.host.tensors[plan.buf][0])
             if not r.params.greedy:
                 with note("abprof.sample"):
                     tokens = r.sample(logits)

@@ -28,6 +28,7 @@ import warnings
 import weakref
 
 import torch
+from torch.profiler import record_function
 
 from reference_engine.step_inputs import StepHandle, StepPlan
 
@@ -69,11 +70,10 @@ class _Pending:
 
 
 class CpuProcessDevice:
-    """Runs a runner's steps in a forked child process (``worker``: a ``CpuDevice`` of the child's copy of the
-    runner, run inline there)."""
+    """Runs a runner's steps in a forked child process (``worker``: the runner's inline ``CpuDevice``, which runs
+    them there on the child's copy of the runner)."""
 
-    def __init__(self, runner, worker):
-        self.runner = runner
+    def __init__(self, worker):
         self.streams: list = [None]
         ctx = multiprocessing.get_context("fork")
         parent_end, child_end = ctx.Pipe()
@@ -101,8 +101,6 @@ class CpuProcessDevice:
 
     def launch(self, plan: StepPlan) -> StepHandle:
         """Hand the step to the child and return at once."""
-        from torch.profiler import record_function
-
         with record_function("abprof.forward"):
             self._send(("step", plan))
         step = self._launched
@@ -172,8 +170,7 @@ def _serve(worker, conn, parent_end) -> None:
         if msg is None:
             return
         if msg[0] == "sampling":
-            runner.params = msg[1]
-            runner.generator = torch.Generator(device=runner.device).manual_seed(msg[2])
+            runner.configure_sampling(*msg[1:])  # its device side is the inline worker: no message back
             continue
         try:
             tokens = worker.finish(worker.launch(msg[1]))

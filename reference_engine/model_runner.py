@@ -88,11 +88,9 @@ class ModelRunner:
             if self.is_cuda or tp is not None:
                 raise ValueError("cpu_graphs needs a CPU engine without tensor parallelism")
             # the trace reads the host buffers in place (on the CPU they are the device memory)
-            self.host_tensors = [layout(t64[0], t32[0], self.max_t, self.max_s, self.width)
-                                 for t64, t32 in zip(self.host.t64, self.host.t32)]
-            self.decode_trace = DecodeTrace(model, kv_cache, self.host_tensors[0])
+            self.decode_trace = DecodeTrace(model, kv_cache, self.host.tensors[0][0])
         if worker_process:  # last: the child is forked with everything above
-            self.device_side = CpuProcessDevice(self, self.device_side)
+            self.device_side = CpuProcessDevice(self.device_side)
 
     @property
     def np_views(self) -> list[dict]:

@@ -78,14 +78,12 @@ class HostInputs:
         if shared:  # a device process reads them (``cpu_process``); before any view is made of them
             self.raw = [r.share_memory_() for r in self.raw]
         self.header = [r[:8 * HEADER_WORDS].view(torch.int64) for r in self.raw]
-        # part_raw[k][p]: the bytes of part p of buffer k (the copy source); t64/t32[k][p]: its sections as
-        # torch tensors; views[k][p]: as named numpy views
+        # part_raw[k][p]: the bytes of part p of buffer k (the copy source); tensors[k][p]: its named views as
+        # torch tensors (the CPU's traced decode step reads them in place); views[k][p]: the same as numpy arrays
         self.part_raw = [[r[8 * HEADER_WORDS + p * self.part_bytes:8 * HEADER_WORDS + (p + 1) * self.part_bytes]
                           for p in range(parts)] for r in self.raw]
-        self.t64 = [[self.sections(b)[0] for b in per_k] for per_k in self.part_raw]
-        self.t32 = [[self.sections(b)[1] for b in per_k] for per_k in self.part_raw]
-        self.views = [[layout(a.numpy(), b.numpy(), max_t, max_s, width) for a, b in zip(t64, t32)]
-                      for t64, t32 in zip(self.t64, self.t32)]
+        self.tensors = [[layout(*self.sections(b), max_t, max_s, width) for b in per_k] for per_k in self.part_raw]
+        self.views = [[{name: t.numpy() for name, t in d.items()} for d in per_k] for per_k in self.tensors]
         self._bt_rows: list[list[list[tuple[list[int], int] | None]]] = [
             [[None] * max_s for _ in range(parts)] for _ in range(2)]
         for per_k in self.views:
