@@ -17,7 +17,7 @@ import os
 import torch
 import torch.nn.functional as F
 
-from reference_engine.attention import triton_module
+from reference_engine.attention import _triton_backend, store_kv, triton_module
 
 ENABLED = os.environ.get("REFERENCE_ENGINE_FUSED", "1") not in ("0", "")
 
@@ -59,6 +59,20 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotary embedding of ``x`` (rotated in place on the fast path)."""
     fast = _fast(x)
     return fast.rope_(x, cos, sin) if fast and x.stride(-1) == 1 else rope_reference(x, cos, sin)
+
+
+def rope_store_kv(x: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor,
+                  v_cache: torch.Tensor, slot_mapping: torch.Tensor, num_q_heads: int) -> torch.Tensor:
+    """``rope`` of ``x`` ``[P, q_heads + kv_heads, D]`` (query and key heads), then the first ``len(slot_mapping)``
+    tokens' rotated key heads and ``v`` into the paged cache (``attention.store_kv``); returns the rotated ``x``.
+    One kernel on the fast path (with the Triton attention backend, whose cache layout it writes)."""
+    fast = _fast(x)
+    if fast and x.stride(-1) == 1 and v.stride(-1) == 1 and _triton_backend() is not None:
+        return fast.rope_store_kv_(x, v, cos, sin, k_cache, v_cache, slot_mapping)
+    x = rope(x, cos, sin)
+    t = slot_mapping.shape[0]
+    store_kv(x[:t, num_q_heads:], v[:t], k_cache, v_cache, slot_mapping)
+    return x
 
 
 def silu_mul_reference(gate_up: torch.Tensor) -> torch.Tensor:

@@ -1,9 +1,10 @@
 """A Llama-family decoder in plain torch (RMSNorm, RoPE, grouped-query attention, SwiGLU).
 
 Built from a transformers ``LlamaConfig``/``Qwen2Config`` (Qwen2 has q/k/v biases). Tokens are packed
-``[T]`` (no batch dimension); K/V go to the paged cache through ``attention.store_kv`` and attention
-reads them back through the block tables (``attention.paged_attention``). q/k/v and gate/up are fused
-projections; ``load_hf_weights`` maps transformers' parameter names onto them.
+``[T]`` (no batch dimension); K/V go to the paged cache through ``attention.store_kv`` (on CUDA inside
+the rotary kernel, ``fused.rope_store_kv``) and attention reads them back through the block tables
+(``attention.paged_attention``). q/k/v and gate/up are fused projections; ``load_hf_weights`` maps
+transformers' parameter names onto them.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from reference_engine import fused
-from reference_engine.attention import AttentionMetadata, paged_attention, store_kv
+from reference_engine.attention import AttentionMetadata, paged_attention
 
 
 def rope_settings(config) -> tuple[float, dict | None]:
@@ -109,13 +110,14 @@ class Attention(nn.Module):
         ``o_proj`` and its all-reduce itself)."""
         qkv = self.qkv_proj(x)
         qk, v = qkv.split([self.q_size + self.kv_size, self.kv_size], dim=-1)
-        qk = fused.rope(qk.view(-1, self.num_heads + self.num_kv_heads, self.head_dim), *cos_sin)  # q, k at once
-        q, k = qk.split([self.num_heads, self.num_kv_heads], dim=1)
-        v = v.view(-1, self.num_kv_heads, self.head_dim)
+        # q and k rotated at once, k and v into the cache (one kernel on CUDA)
+        qk = fused.rope_store_kv(qk.view(-1, self.num_heads + self.num_kv_heads, self.head_dim),
+                                 v.view(-1, self.num_kv_heads, self.head_dim), *cos_sin, k_cache, v_cache,
+                                 meta.slot_mapping, self.num_heads)
+        q = qk[:, :self.num_heads]
         t, padded = meta.slot_mapping.shape[0], x.shape[0]  # rows past the step's tokens pad the GEMMs' shapes
         if t < padded:
-            q, k, v = q[:t], k[:t], v[:t]
-        store_kv(k, v, k_cache, v_cache, meta.slot_mapping)
+            q = q[:t]
         out = paged_attention(q, k_cache, v_cache, meta, self.scale)
         if t < padded:
             out = F.pad(out, (0, 0, 0, 0, 0, padded - t))

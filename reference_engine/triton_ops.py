@@ -9,6 +9,8 @@ rotary embedding and SwiGLU's activation are ~15 small kernels per layer. Here t
   residual adds ride on the norms that follow them.
 - ``_rope_kernel``: rotates the query and key heads of the fused QKV projection in place
   (rotate-half convention, in fp32, rounded once to the model's dtype).
+- ``_rope_store_kv_kernel``: the same rotation, then the rotated key heads and the value heads into the
+  paged KV cache (``attention.store_kv``'s job), so that a layer's attention inputs take one kernel.
 - ``_silu_mul_kernel``: ``silu(gate) * up`` from the fused gate/up projection.
 
 Each reproduces the plain-torch order of roundings (fp32 math, the model's dtype at the same points as
@@ -22,7 +24,7 @@ import torch
 
 from reference_engine.triton_attention import _next_pow2, available, tl, triton
 
-__all__ = ["available", "rms_norm", "add_rms_norm", "rope_", "silu_mul"]
+__all__ = ["available", "rms_norm", "add_rms_norm", "rope_", "rope_store_kv_", "silu_mul"]
 
 
 if triton is not None:
@@ -45,10 +47,9 @@ if triton is not None:
         tl.store(out_ptr + row * stride_o + offs, (w * y).to(out_ptr.dtype.element_ty), mask=mask)
 
     @triton.jit
-    def _rope_kernel(x_ptr, cos_ptr, sin_ptr, stride_xt, stride_xh, stride_ct, stride_st, num_heads,
-                     HALF: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
-        t = tl.program_id(0).to(tl.int64)
-        offs_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+    def _rotate_heads(x_ptr, cos_ptr, sin_ptr, t, offs_h, stride_xt, stride_xh, stride_ct, stride_st, num_heads,
+                      HALF: tl.constexpr, BLOCK_D: tl.constexpr):
+        """Token ``t``'s heads ``offs_h`` of ``x`` rotated in place; → (first halves, second halves, mask), as stored."""
         offs_d = tl.arange(0, BLOCK_D)
         dmask = offs_d < HALF
         c1 = tl.load(cos_ptr + t * stride_ct + offs_d, mask=dmask, other=0.0)
@@ -60,12 +61,49 @@ if triton is not None:
         x1 = tl.load(p1, mask=mask, other=0.0).to(tl.float32)
         x2 = tl.load(p1 + HALF, mask=mask, other=0.0).to(tl.float32)
         # plain torch: x * cos + cat(-x2, x1) * sin, each product rounded before the sum
-        a1 = x1 * c1[None, :]
-        b1 = -x2 * s1[None, :]
-        a2 = x2 * c2[None, :]
-        b2 = x1 * s2[None, :]
-        tl.store(p1, (a1 + b1).to(x_ptr.dtype.element_ty), mask=mask)
-        tl.store(p1 + HALF, (a2 + b2).to(x_ptr.dtype.element_ty), mask=mask)
+        r1 = (x1 * c1[None, :] + -x2 * s1[None, :]).to(x_ptr.dtype.element_ty)
+        r2 = (x2 * c2[None, :] + x1 * s2[None, :]).to(x_ptr.dtype.element_ty)
+        tl.store(p1, r1, mask=mask)
+        tl.store(p1 + HALF, r2, mask=mask)
+        return r1, r2, mask
+
+    @triton.jit
+    def _rope_kernel(x_ptr, cos_ptr, sin_ptr, stride_xt, stride_xh, stride_ct, stride_st, num_heads,
+                     HALF: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr):
+        t = tl.program_id(0).to(tl.int64)
+        offs_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+        _rotate_heads(x_ptr, cos_ptr, sin_ptr, t, offs_h, stride_xt, stride_xh, stride_ct, stride_st, num_heads,
+                      HALF, BLOCK_D)
+
+    @triton.jit
+    def _rope_store_kv_kernel(x_ptr, v_ptr, cos_ptr, sin_ptr, kc_ptr, vc_ptr, slot_ptr,
+                              stride_xt, stride_xh, stride_vt, stride_vh, stride_ct, stride_st,
+                              stride_kcb, stride_kcs, stride_kch, stride_vcb, stride_vcs, stride_vch,
+                              num_q_heads, num_heads, NUM_KV_HEADS: tl.constexpr, HALF: tl.constexpr,
+                              BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_KV: tl.constexpr,
+                              BLOCK_SIZE: tl.constexpr):
+        """``_rope_kernel`` over the query and key heads, then the rotated key heads and the value heads of the
+        token into the paged cache at its slot (as ``_store_kv_kernel``; slot -1 writes nothing)."""
+        t = tl.program_id(0).to(tl.int64)
+        offs_h = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)
+        r1, r2, mask = _rotate_heads(x_ptr, cos_ptr, sin_ptr, t, offs_h, stride_xt, stride_xh, stride_ct, stride_st,
+                                     num_heads, HALF, BLOCK_D)
+        offs_d = tl.arange(0, BLOCK_D)
+        slot = tl.load(slot_ptr + t).to(tl.int64)
+        blk = slot // BLOCK_SIZE
+        off = slot % BLOCK_SIZE
+        kh = offs_h - num_q_heads  # the key heads follow the query heads
+        kmask = mask & (kh[:, None] >= 0) & (slot >= 0)
+        kc = kc_ptr + blk * stride_kcb + off * stride_kcs + kh[:, None] * stride_kch + offs_d[None, :]
+        tl.store(kc, r1.to(kc_ptr.dtype.element_ty), mask=kmask)
+        tl.store(kc + HALF, r2.to(kc_ptr.dtype.element_ty), mask=kmask)
+        if tl.program_id(1) == 0:  # the value heads, by the first head block's program
+            offs_v = tl.arange(0, BLOCK_KV)
+            vmask = (offs_v[:, None] < NUM_KV_HEADS) & (offs_d[None, :] < HALF) & (slot >= 0)
+            pv = v_ptr + t * stride_vt + offs_v[:, None] * stride_vh + offs_d[None, :]
+            vc = vc_ptr + blk * stride_vcb + off * stride_vcs + offs_v[:, None] * stride_vch + offs_d[None, :]
+            tl.store(vc, tl.load(pv, mask=vmask).to(vc_ptr.dtype.element_ty), mask=vmask)
+            tl.store(vc + HALF, tl.load(pv + HALF, mask=vmask).to(vc_ptr.dtype.element_ty), mask=vmask)
 
     @triton.jit
     def _silu_mul_kernel(x_ptr, out_ptr, stride_x, stride_o, n, BLOCK: tl.constexpr):
@@ -117,6 +155,28 @@ def rope_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor
         _rope_kernel[(t, triton.cdiv(heads, block_h))](x, cos2, sin2, x.stride(0), x.stride(1), cos2.stride(0),
                                                        sin2.stride(0), heads, HALF=d // 2, BLOCK_H=block_h,
                                                        BLOCK_D=_next_pow2(d // 2), num_warps=4)
+    return x
+
+
+def rope_store_kv_(x: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, k_cache: torch.Tensor,
+                   v_cache: torch.Tensor, slot_mapping: torch.Tensor) -> torch.Tensor:
+    """``rope_`` of the query and key heads of ``x`` ``[P, q_heads + kv_heads, D]`` (in place), then the first
+    ``T = len(slot_mapping)`` tokens' key heads (rotated) and ``v`` ``[P, kv_heads, D]`` into the paged cache
+    ``[blocks, block_size, kv_heads, D]`` (as ``attention.store_kv``): one kernel where there were two. Rows past
+    ``T`` (padding) are left as they are."""
+    p, heads, d = x.shape
+    t, kv_heads = slot_mapping.shape[0], k_cache.shape[2]
+    assert x.stride(-1) == 1 and v.stride(-1) == 1 and d % 2 == 0 and t <= p and v.shape[1] == kv_heads
+    assert k_cache.stride(-1) == 1 and v_cache.stride(-1) == 1 and k_cache.shape[-1] == d
+    cos2, sin2 = cos.reshape(cos.shape[0], d), sin.reshape(sin.shape[0], d)
+    if t:
+        block_h = min(16, _next_pow2(heads))
+        _rope_store_kv_kernel[(t, triton.cdiv(heads, block_h))](
+            x, v, cos2, sin2, k_cache, v_cache, slot_mapping, x.stride(0), x.stride(1), v.stride(0), v.stride(1),
+            cos2.stride(0), sin2.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+            v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), heads - kv_heads, heads,
+            NUM_KV_HEADS=kv_heads, HALF=d // 2, BLOCK_H=block_h, BLOCK_D=_next_pow2(d // 2),
+            BLOCK_KV=_next_pow2(kv_heads), BLOCK_SIZE=k_cache.shape[1], num_warps=4)
     return x
 
 

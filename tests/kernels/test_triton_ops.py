@@ -75,6 +75,38 @@ def check_rope(tokens, heads, head_dim, dtype, seed, device=DEVICE, stride_pad=0
     torch.testing.assert_close(got, want, rtol=_rtol(dtype), atol=1e-5)
 
 
+def check_rope_store_kv(tokens, padded, q_heads, kv_heads, head_dim, dtype, seed, device=DEVICE, block_size=4):
+    """The fused rotation + cache write against ``rope_reference`` then ``store_kv_reference``, through the
+    fused QKV output's strided views, with a skipped slot (-1) and padded rows past the tokens."""
+    from reference_engine.attention import store_kv_reference
+
+    heads = q_heads + kv_heads
+    qkv = _randn(padded, (heads + kv_heads) * head_dim, dtype=dtype, seed=seed, device=device)
+    x = qkv[:, :heads * head_dim].view(padded, heads, head_dim)
+    v = qkv[:, heads * head_dim:].view(padded, kv_heads, head_dim)
+    pos = torch.randint(0, 4096, (padded,), generator=torch.Generator().manual_seed(seed))
+    inv = 1.0 / (10000 ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    emb = torch.cat([torch.outer(pos.float(), inv)] * 2, dim=-1)
+    cos, sin = emb.cos().unsqueeze(1).to(device), emb.sin().unsqueeze(1).to(device)
+    blocks = -(-2 * tokens // block_size)
+    slots = torch.randperm(blocks * block_size, generator=torch.Generator().manual_seed(seed))[:tokens]
+    slots[tokens // 2] = -1
+    slots = slots.to(device)
+    cache = _randn(2, blocks, block_size, kv_heads, head_dim, dtype=dtype, seed=seed + 1, device=device)
+    want_x = fused.rope_reference(x.clone(), cos, sin)
+    want_cache = cache.clone()
+    store_kv_reference(want_x[:tokens, q_heads:], v[:tokens], want_cache[0], want_cache[1], slots)
+    pad_rows = x[tokens:].clone()
+    got = to.rope_store_kv_(x, v, cos, sin, cache[0], cache[1], slots)
+    assert got.data_ptr() == x.data_ptr()  # in place
+    assert torch.equal(x[tokens:], pad_rows)  # padding rows untouched
+    torch.testing.assert_close(got[:tokens], want_x[:tokens], rtol=_rtol(dtype), atol=1e-5)
+    torch.testing.assert_close(cache, want_cache, rtol=_rtol(dtype), atol=1e-5)
+    if device == "cuda":  # the cache holds exactly the rotated keys the attention will read
+        assert torch.equal(cache[0].view(-1, kv_heads, head_dim)[slots[slots >= 0]],
+                           got[:tokens, q_heads:][slots >= 0])
+
+
 def check_silu_mul(rows, n, dtype, seed, device=DEVICE):
     gate_up = _randn(rows, 2 * n, dtype=dtype, seed=seed, device=device, scale=4.0)
     want = fused.silu_mul_reference(gate_up)
@@ -95,6 +127,14 @@ def test_rms_norm_interp(dtype, rows, n):
 @pytest.mark.parametrize("tokens,heads,head_dim,pad", [(4, 5, 64, 0), (3, 20, 32, 64), (2, 3, 80, 16)])
 def test_rope_interp(dtype, tokens, heads, head_dim, pad):
     check_rope(tokens, heads, head_dim, dtype, seed=tokens + heads, stride_pad=pad)
+
+
+@interp
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("tokens,padded,q_heads,kv_heads,head_dim", [(5, 8, 4, 2, 32), (3, 3, 6, 6, 16),
+                                                                      (4, 6, 32, 8, 64)])
+def test_rope_store_kv_interp(dtype, tokens, padded, q_heads, kv_heads, head_dim):
+    check_rope_store_kv(tokens, padded, q_heads, kv_heads, head_dim, dtype, seed=tokens * q_heads)
 
 
 @interp
@@ -131,6 +171,15 @@ def test_rms_norm_cuda(dtype, rows, n):
 @pytest.mark.parametrize("tokens,heads,head_dim,pad", [(256, 40, 64, 512), (2048, 40, 64, 512), (9, 18, 128, 256)])
 def test_rope_cuda(dtype, tokens, heads, head_dim, pad):
     check_rope(tokens, heads, head_dim, dtype, seed=tokens, device="cuda", stride_pad=pad)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("tokens,padded,q_heads,kv_heads,head_dim,block_size", [
+    (64, 64, 32, 8, 64, 16), (50, 64, 32, 8, 64, 16), (300, 320, 14, 2, 64, 16), (7, 8, 16, 16, 128, 32)])
+def test_rope_store_kv_cuda(dtype, tokens, padded, q_heads, kv_heads, head_dim, block_size):
+    check_rope_store_kv(tokens, padded, q_heads, kv_heads, head_dim, dtype, seed=tokens, device="cuda",
+                        block_size=block_size)
 
 
 @pytest.mark.cuda
