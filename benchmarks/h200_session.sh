@@ -55,6 +55,8 @@ run_steps() {
         --modes sync --arms default ;;
     overhead-default) step overhead-default python3 benchmarks/overhead.py --out "$W/overhead-default" \
         --repeats "${REPEATS:-8}" --arms default ;;
+    overhead-plain-copy) step overhead-plain-copy python3 benchmarks/overhead.py --out "$W/overhead-plain-copy" \
+        --repeats "${REPEATS:-8}" --arms default --modes ${MODES:-sync} --no-graph-copy ;;
     overhead-one-graph) step overhead-one-graph python3 benchmarks/overhead.py --out "$W/overhead-one-graph" \
         --repeats "${REPEATS:-4}" --one-graph --arms default ;;
     transformers-small) step transformers-small bash -c "abprof run --engine transformers --mode sync --requests 64 \

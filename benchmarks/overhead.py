@@ -258,7 +258,7 @@ def abprof_like_pass(engine, requests, window, cuda: bool, tmp: Path) -> dict:
     return {"window_start_stop_ms_max": 1e3 * max(calls), "stop_and_export_s": export_s}
 
 
-def warmed_engine(mode: str, cfg: dict, piecewise: bool = True):
+def warmed_engine(mode: str, cfg: dict, piecewise: bool = True, graph_copy: bool = True):
     """The preset's engine, warmed up as abprof run warms it (engine steps, one unprofiled pass), its workload
     and abprof run's default profile window for it: ``(engine, requests, window, cuda)``."""
     from asyncbatch_prof.capture.profiler import ProfileWindow
@@ -269,17 +269,19 @@ def warmed_engine(mode: str, cfg: dict, piecewise: bool = True):
     first, active = default_window(workload, cfg["max_batch_tokens"], cfg["max_seqs"], WARMUP_STEPS)
     window = ProfileWindow(wait=first - WARMUP_STEPS, warmup=WARMUP_STEPS, active=active)
     engine = LLMEngine(EngineConfig(model=cfg["model"], mode=mode, max_seqs=cfg["max_seqs"],
-                                    max_batch_tokens=cfg["max_batch_tokens"], seed=0, piecewise_graphs=piecewise))
+                                    max_batch_tokens=cfg["max_batch_tokens"], seed=0, piecewise_graphs=piecewise,
+                                    graph_copy=graph_copy))
     requests = make_workload(WorkloadConfig(**workload), vocab_size=engine.vocab_size)
     engine.warmup()
     engine.generate(requests)  # abprof run's unprofiled warm-up pass
     return engine, requests, window, engine.device.type == "cuda"
 
 
-def run_part(mode: str, cfg: dict, repeats: int, arms: tuple[str, ...] = ARMS, piecewise: bool = True) -> dict:
+def run_part(mode: str, cfg: dict, repeats: int, arms: tuple[str, ...] = ARMS, piecewise: bool = True,
+             graph_copy: bool = True) -> dict:
     import torch
 
-    engine, requests, window, cuda = warmed_engine(mode, cfg, piecewise)
+    engine, requests, window, cuda = warmed_engine(mode, cfg, piecewise, graph_copy)
     lingering = {"graph_replay_us_before_any_profiler": graph_replay_us(engine, cuda),
                  "passes_before_ms": [steady_median_ms(engine.generate(requests), cfg) for _ in range(3)]}
     from asyncbatch_prof.capture.profiler import warm_up_profiler
@@ -353,6 +355,9 @@ def main(argv=None) -> int:
     p.add_argument("--modes", nargs="+", choices=["sync", "async"], default=["sync", "async"], help="loops to run")
     p.add_argument("--one-graph", action="store_true",
                    help="the engine's decode graphs in one piece per batch size (default: piecewise)")
+    p.add_argument("--no-graph-copy", action="store_true",
+                   help="a sync decode step's input copy as a copy_ ahead of its graphs (default: a node of its "
+                        "start graph, EngineConfig.graph_copy)")
     p.add_argument("--timeout", type=int, default=280, help="seconds per loop's process")
     args = p.parse_args(argv)
     cfg = PRESETS["dry" if args.dry_run else "full"]
@@ -362,7 +367,7 @@ def main(argv=None) -> int:
         arms = tuple(a for a in ARMS if a in args.arms)
         if "default" not in arms:
             p.error("--arms must include default")
-        doc = run_part(args.part, cfg, repeats, arms, piecewise=not args.one_graph)
+        doc = run_part(args.part, cfg, repeats, arms, piecewise=not args.one_graph, graph_copy=not args.no_graph_copy)
         (out / f".overhead-{args.part}.json").write_text(json.dumps(doc))
         return 0
     out.mkdir(parents=True, exist_ok=True)
@@ -373,6 +378,7 @@ def main(argv=None) -> int:
         part_file.unlink(missing_ok=True)
         cmd = [sys.executable, __file__, "--out", str(out), "--part", mode, "--repeats", str(repeats)]
         cmd += (["--dry-run"] if args.dry_run else []) + ["--arms", *args.arms] + (["--one-graph"] if args.one_graph else [])
+        cmd += ["--no-graph-copy"] if args.no_graph_copy else []
         try:
             proc = subprocess.run(cmd, timeout=args.timeout, capture_output=True, text=True)
             err = None if proc.returncode == 0 else (proc.stderr.strip().splitlines() or ["exit"])[-1]

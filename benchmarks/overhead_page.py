@@ -34,7 +34,9 @@ def markdown(doc: dict, method: str, profiler_arms: tuple[str, ...]) -> str:
     lines += ["", "Steps: " + "; ".join(f"{m}: steady steps {p['steady_steps'][0]}-{p['steady_steps'][1]}, blocks "
                                          f"off/warm/on {'/'.join(map(str, p['blocks_off_warm_on']))}, abprof run's "
                                          f"window {p['abprof_window']['first']}-{p['abprof_window']['last']}, "
-                                         f"decode graph pieces at layers {p['engine'].get('graph_piece_layers')}"
+                                         f"decode graph pieces at layers {p['engine'].get('graph_piece_layers')}, "
+                                         f"idle decode steps' copy in the start graph (graph_copy): "
+                                         f"{_yes(p['engine'].get('graph_copy'))}"
                                          for m, p in parts), "",
               "Host time of one replay of the engine's largest decode CUDA graph (median of 200, us): before any "
               "profiler started in the process, just after the first one stopped, under each arm, and with nothing "
@@ -56,3 +58,7 @@ def markdown(doc: dict, method: str, profiler_arms: tuple[str, ...]) -> str:
                      f"{_f(ling['first_profiler_start_stop_s'], '.2f')} | {_f(a['window_start_stop_ms_max'], '.0f')} | "
                      f"{_f(a['stop_and_export_s'], '.2f')} |")
     return "\n".join(lines) + "\n"
+
+
+def _yes(flag) -> str:
+    return "unknown" if flag is None else "yes" if flag else "no"

@@ -59,6 +59,10 @@ class EngineConfig:
     # each decode graph in a few pieces over growing runs of layers (cuda_graphs.piece_bounds), so that the
     # GPU starts on the first while the host launches the rest; False: one graph per batch size
     piecewise_graphs: bool = True
+    # a decode step whose device is idle (the sync loop) has its input copy captured in a small first graph (the
+    # embedding and rotary lookups) ahead of the pieces (cuda_graphs.DecodeGraph); False: a copy_, then the graphs.
+    # With piecewise_graphs only
+    graph_copy: bool = True
     # decode steps on the CPU through one traced call (reference_engine.cpu_graphs) instead of ~100 torch calls
     # from Python. None: on for a CPU engine without tensor parallelism, off on CUDA
     cpu_graphs: bool | None = None
@@ -116,6 +120,8 @@ class EngineConfig:
             problems.append(f"max_model_len must be None or an integer >= 2, got {self.max_model_len!r}")
         if not isinstance(self.piecewise_graphs, bool):
             problems.append(f"piecewise_graphs must be a bool, got {self.piecewise_graphs!r}")
+        if not isinstance(self.graph_copy, bool):
+            problems.append(f"graph_copy must be a bool, got {self.graph_copy!r}")
         if self.cpu_graphs is not None and not isinstance(self.cpu_graphs, bool):
             problems.append(f"cpu_graphs must be None or a bool, got {self.cpu_graphs!r}")
         elif self.cpu_graphs and self.tp_size > 1:

@@ -2,11 +2,13 @@
 
 A step's inputs (each batch part's bytes, up to its last used block-table row) go in one H2D copy on their
 own stream into a device staging buffer (two, alternating with the host buffers); the compute stream then
-copies the staging buffer, in one copy, into the static buffer that the model and the CUDA graphs read
-(when the host has waited for every step launched before, as the sync loop has, nothing reads that buffer
-and the H2D copy goes straight into it), runs the forward and samples; the D2H stream copies the sampled tokens into a
-pinned host buffer. Nothing here blocks the host: ``launch`` only enqueues, and what the host waits on
-(``copy_pending``, ``StepHandle.done``) is an event the runner synchronizes inside ``abprof.sync_wait``.
+copies the staging buffer, in one copy, into the static buffer that the model and the CUDA graphs read,
+runs the forward and samples; the D2H stream copies the sampled tokens into a pinned host buffer. When the
+host has waited for every step launched before (the sync loop), nothing on the GPU reads the static buffer:
+the H2D copy goes straight into it on the compute stream, and a decode graph step's copy is a node of its
+start graph (``cuda_graphs.DecodeGraph``), so that no recorded op or event comes before its first launch. Nothing here blocks the
+host: ``launch`` only enqueues, and what the host waits on (``copy_pending``, ``StepHandle.done``) is an event
+the runner synchronizes inside ``abprof.sync_wait``.
 
 A split step (``split_step``) runs its first (decode) batch on the compute stream and its second on
 the prefill stream, joined by an event before the logits are merged. A ``tp_overlap`` step runs both
@@ -67,29 +69,32 @@ class CudaDevice:
         r, k = self.runner, plan.buf
         parts = [plan] if plan.part2 is None else [plan, plan.part2]
         with record_function("abprof.forward"):
-            views = [self._views(i, k, r.host.used_bytes(max(p.num_seqs, p.graph_bs))) for i, p in enumerate(parts)]
-            # the host has waited for every launched step (the sync loop): nothing on the GPU reads the device
-            # buffers, so the inputs go straight into them, without the staging copy
-            idle = self._finished == self._launched - 1
-            with torch.cuda.stream(self.h2d_stream):
-                if not idle:
-                    self.h2d_stream.wait_event(self.ev_stage_free[k])
-                for host, stage, dev in views:
-                    (dev if idle else stage).copy_(host, non_blocking=True)
-                self.ev_h2d[k].record(self.h2d_stream)
             self._copy_step[k] = self._launched
-            with torch.cuda.stream(self.compute_stream):
-                self.compute_stream.wait_event(self.ev_h2d[k])
-                if not idle:
+            if self._finished == self._launched - 1:
+                # the host has waited for every launched step (the sync loop): nothing on the GPU reads the device
+                # buffers, so the inputs go straight into them on the compute stream (no staging copy, no event
+                # between streams), and a decode graph's start graph copies them in itself (``graph_copy``)
+                in_graph = (plan.graph_bs and plan.part2 is None and not plan.has_gather
+                            and bool(r.graphs[plan.graph_bs][0].copy_starts))
+                with torch.cuda.stream(self.compute_stream):
+                    if not in_graph:
+                        for host, _, dev in self._part_views(parts, k):
+                            dev.copy_(host, non_blocking=True)
+                    logits = self._forward(plan, k if in_graph else None)
+                    self.ev_h2d[k].record(self.compute_stream)  # after the forward: off the critical path
+            else:
+                views = self._part_views(parts, k)
+                with torch.cuda.stream(self.h2d_stream):
+                    self.h2d_stream.wait_event(self.ev_stage_free[k])
+                    for host, stage, _ in views:
+                        stage.copy_(host, non_blocking=True)
+                    self.ev_h2d[k].record(self.h2d_stream)
+                with torch.cuda.stream(self.compute_stream):
+                    self.compute_stream.wait_event(self.ev_h2d[k])
                     for _, stage, dev in views:
                         dev.copy_(stage)
                     self.ev_stage_free[k].record(self.compute_stream)
-                if plan.part2 is None:
-                    logits = r.forward(plan)
-                elif r.overlap:  # NCCL's own stream runs each all-reduce under the other micro-batch
-                    logits = overlapped_logits(r, plan)
-                else:
-                    logits = self._forward_split(plan)
+                    logits = self._forward(plan)
         with record_function("abprof.sample"):
             with torch.cuda.stream(self.compute_stream):
                 tokens = r.sample(logits)
@@ -101,6 +106,26 @@ class CudaDevice:
                 self.ev_d2h[k].record(self.d2h_stream)
         self._launched += 1
         return StepHandle(plan, self.ev_d2h[k], tokens, step=self._launched - 1)
+
+    def _forward(self, plan: StepPlan, copy_from: int | None = None) -> torch.Tensor:
+        """The step's logits, on the current (compute) stream, its inputs in the device buffers (or still in
+        host buffer ``copy_from``, for a decode graph whose start graph copies them in)."""
+        r = self.runner
+        if plan.part2 is None:
+            return r.forward(plan, copy_from=copy_from)
+        if r.overlap:  # NCCL's own stream runs each all-reduce under the other micro-batch
+            return overlapped_logits(r, plan)
+        return self._forward_split(plan)
+
+    @property
+    def copy_graphs(self) -> bool:
+        """Whether idle decode steps enter the GPU through a start graph that copies their inputs in."""
+        return any(graph.copy_starts for graph, _ in self.runner.graphs.values())
+
+    def _part_views(self, parts: list[StepPlan], k: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """``_views`` of each batch part's used bytes in host buffer ``k``."""
+        used = self.runner.host.used_bytes
+        return [self._views(i, k, used(max(p.num_seqs, p.graph_bs))) for i, p in enumerate(parts)]
 
     def _views(self, part: int, k: int, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The first ``n`` bytes of part ``part``'s host buffer ``k``, staging buffer ``k`` and device buffer,

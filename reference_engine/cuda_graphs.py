@@ -11,9 +11,17 @@ is still launching the others. With nothing recording that changes little (a gra
 5-10 us); under CUDA activity tracing CUPTI spends about 1 us of host time per kernel node at every
 launch (reports/h200/graph-cupti.md), which for a whole 167-kernel decode graph lands on the synchronous
 loop's critical path and with pieces only the first piece's share does (reports/h200/overhead-arms.md).
+
+Start graphs (``EngineConfig.graph_copy``, with pieces): the embedding and rotary lookups are a graph of
+their own ahead of the pieces, captured three times per size, writing the same tensors: alone (the async
+loop, whose inputs arrive through staging buffers), and behind the H2D copy of each of the two host
+buffers. A step whose device is idle (the sync loop) replays the latter, so that the copy is a node of
+a four-node graph instead of a recorded ``copy_`` and an event ahead of the first piece.
 """
 
 from __future__ import annotations
+
+import gc
 
 import torch
 
@@ -39,12 +47,22 @@ def piece_bounds(num_layers: int, piecewise: bool = True) -> list[int]:
 
 
 class DecodeGraph:
-    """The graphs of one batch size, replayed in order (one, or the pieces of ``piece_bounds``)."""
+    """The graphs of one batch size, replayed in order (one, or the pieces of ``piece_bounds``).
 
-    def __init__(self, graphs: list[torch.cuda.CUDAGraph]):
+    With ``start`` the embedding and rotary lookups are a graph of their own ahead of the pieces, and
+    ``copy_starts[k]`` is that graph again behind the H2D copy of host buffer ``k``'s inputs: a step whose
+    device is idle (the sync loop) enters the GPU through it, its copy a node of the graph (``replay(k)``)."""
+
+    def __init__(self, graphs: list[torch.cuda.CUDAGraph], start: torch.cuda.CUDAGraph | None = None,
+                 copy_starts: list[torch.cuda.CUDAGraph] | None = None):
         self.graphs = graphs
+        self.start = start
+        self.copy_starts = copy_starts or []
 
-    def replay(self) -> None:
+    def replay(self, copy_from: int | None = None) -> None:
+        """``copy_from``: the host buffer whose inputs to copy in first (its ``copy_starts`` graph), or None."""
+        if self.start is not None:
+            (self.start if copy_from is None else self.copy_starts[copy_from]).replay()
         for graph in self.graphs:
             graph.replay()
 
@@ -59,12 +77,15 @@ def graph_size(sizes: list[int], b: int) -> int:
 
 @torch.inference_mode()
 def capture_graphs(model, kv_cache: torch.Tensor, dev: dict, max_bs: int, max_seqs: int, max_model_len: int,
-                   device: torch.device, bounds: list[int] | None = None) -> dict[int, tuple[DecodeGraph, torch.Tensor]]:
+                   device: torch.device, bounds: list[int] | None = None,
+                   copy_in: tuple | None = None) -> dict[int, tuple[DecodeGraph, torch.Tensor]]:
     """Capture the decode graph(s) of each size of ``graph_batch_sizes(max_bs)``; → {size: (graphs, logits)}.
 
     ``dev``: the named device buffers the graphs read (``step_inputs.layout``); ``bounds``: the layer
-    boundaries of the pieces (``piece_bounds``; None: one graph). Blocks the host (init only). Every graph shares one memory pool:
-    safe because they are replayed one at a time, each size's pieces in the order of their capture, and the
+    boundaries of the pieces (``piece_bounds``; None: one graph); ``copy_in``: ``(device bytes, [host bytes of
+    each host buffer], used_bytes)``: a start graph per size, and one behind each host buffer's copy into the
+    device bytes (``DecodeGraph``). Blocks the host (init only). Every graph shares one memory pool: safe
+    because they are replayed one at a time, each size's pieces in the order of their capture, and the
     tensors passed from one piece to the next stay referenced (never handed out again).
     """
     d = dev
@@ -75,15 +96,31 @@ def capture_graphs(model, kv_cache: torch.Tensor, dev: dict, max_bs: int, max_se
     d["slot"].fill_(-1)
     d["ctx"].zero_()
     d["qsl"].copy_(torch.arange(max_seqs + 1, dtype=torch.int32, device=device))
+    # a garbage collection inside a capture may destroy a dead engine's graphs, which CUDA forbids during a
+    # capture (it invalidates it): collect now, and not again until the captures are done
+    gc.collect()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _capture_sizes(model, kv_cache, d, sizes, bounds, max_model_len, device, copy_in)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _capture_sizes(model, kv_cache, d, sizes, bounds, max_model_len, device, copy_in) -> dict:
     graphs, pool = {}, None
     for bs in reversed(sizes):  # largest first: smaller graphs reuse its memory pool
         meta = AttentionMetadata(d["slot"][:bs], d["qsl"][:bs + 1], d["ctx"][:bs], d["bt"][:bs], 1, max_model_len)
+        # the start graph's outputs, at addresses of their own: every start graph of this size writes them
+        start_out = model.start_buffers(bs) if copy_in is not None else None
 
-        def piece(state, i, bs=bs, meta=meta):
-            """Piece ``i`` from the previous piece's ``state`` (None for the first): the next state, or logits."""
-            if i == 0:
-                state = model.start(d["ids"][:bs], d["pos"][:bs])
-            state = model.run_layers(state, meta, kv_cache, bounds[i], bounds[i + 1])
+        def start(bs=bs, out=start_out):
+            return model.start(d["ids"][:bs], d["pos"][:bs], out=out)
+
+        def piece(state, i, meta=meta):
+            """Piece ``i`` from the previous piece's ``state`` (None: start here): the next state, or logits."""
+            state = model.run_layers(start() if state is None else state, meta, kv_cache, bounds[i], bounds[i + 1])
             return model.compute_logits(model.finish(state)) if i == len(bounds) - 2 else state
 
         side = torch.cuda.Stream(device)
@@ -95,14 +132,27 @@ def capture_graphs(model, kv_cache: torch.Tensor, dev: dict, max_bs: int, max_se
                     state = piece(state, i)
         torch.cuda.current_stream(device).wait_stream(side)
         torch.cuda.synchronize(device)
-        pieces, state = [], None
+        state, first, copies = None, None, []
+        if copy_in is not None:
+            dst, srcs, used_bytes = copy_in
+            n = used_bytes(bs)
+            first, pool, state = _capture(start, pool, side)
+            for src in srcs:
+                copies.append(_capture(lambda src=src: (dst[:n].copy_(src[:n], non_blocking=True), start()),
+                                       pool, side)[0])
+        pieces = []
         for i in range(len(bounds) - 1):
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool, stream=side):
-                state = piece(state, i)
-            if pool is None:
-                pool = graph.pool()
+            graph, pool, state = _capture(lambda i=i, state=state: piece(state, i), pool, side)
             pieces.append(graph)
-        graphs[bs] = (DecodeGraph(pieces), state)
+        graphs[bs] = (DecodeGraph(pieces, first, copies), state)
     torch.cuda.synchronize(device)
     return graphs
+
+
+def _capture(fn, pool, stream: torch.cuda.Stream):
+    """``fn`` captured into a new graph on ``stream`` in ``pool`` (None: a new pool); → (graph, pool, what
+    ``fn`` returned: the tensors the graph writes)."""
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool, stream=stream):
+        result = fn()
+    return graph, (graph.pool() if pool is None else pool), result

@@ -92,7 +92,7 @@ class LLMEngine:
                                   max_model_len=self.max_model_len, device=device, cuda_graphs=graphs,
                                   worker_thread=cfg.mode == "async", split_prefill_decode=cfg.split_prefill_decode,
                                   tp=self.tp, tp_overlap=cfg.tp_overlap, piecewise_graphs=cfg.piecewise_graphs,
-                                  cpu_graphs=cpu_graphs, worker_process=worker_process)
+                                  cpu_graphs=cpu_graphs, worker_process=worker_process, graph_copy=cfg.graph_copy)
         self.cpu_worker_process = worker_process
         self.cuda_graphs = bool(self.runner.graphs)
         self.cpu_graphs = cpu_graphs
@@ -209,6 +209,7 @@ class LLMEngine:
             "cuda_graphs": self.cuda_graphs, "cpu_graphs": self.cpu_graphs,
             "cpu_worker_process": self.cpu_worker_process, "graph_batch_sizes": list(self.runner.graph_sizes),
             "graph_piece_layers": self.runner.piece_bounds,
+            "graph_copy": bool(getattr(self.runner.device_side, "copy_graphs", False)),
             "attention_backend": "triton" if (self.device.type == "cuda" and _triton_backend()) else "torch",
             "split_prefill_decode": cfg.split_prefill_decode, "tp_size": cfg.tp_size, "tp_overlap": cfg.tp_overlap,
             "rank": self.rank,

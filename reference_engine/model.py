@@ -191,9 +191,23 @@ class CausalLM(nn.Module):
         return self.finish(state)
 
     # forward in pieces (the piecewise decode CUDA graphs): start → run_layers over ranges → finish
-    def start(self, input_ids, positions) -> tuple:
-        """The state before layer 0: ``(x, residual, cos_sin)``."""
-        return self.embed_tokens(input_ids), None, self.rope(positions)
+    def start(self, input_ids, positions, out: tuple | None = None) -> tuple:
+        """The state before layer 0: ``(x, residual, cos_sin)``; with ``out`` (``start_buffers``) written into
+        those tensors (the decode graphs capture it more than once, each time at the same addresses)."""
+        if out is None:
+            return self.embed_tokens(input_ids), None, self.rope(positions)
+        x, cos, sin = out
+        torch.index_select(self.embed_tokens.weight, 0, input_ids, out=x)
+        torch.index_select(self.rope.cos, 0, positions, out=cos)
+        torch.index_select(self.rope.sin, 0, positions, out=sin)
+        return x, None, (cos.unsqueeze(1), sin.unsqueeze(1))
+
+    def start_buffers(self, num_tokens: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Tensors for ``start(..., out=)`` of ``num_tokens`` rows: the embeddings, cos and sin."""
+        w, cos = self.embed_tokens.weight, self.rope.cos
+        return (torch.empty(num_tokens, w.shape[1], dtype=w.dtype, device=w.device),
+                torch.empty(num_tokens, cos.shape[1], dtype=cos.dtype, device=cos.device),
+                torch.empty(num_tokens, cos.shape[1], dtype=cos.dtype, device=cos.device))
 
     def run_layers(self, state: tuple, meta: AttentionMetadata, kv_cache: torch.Tensor, lo: int, hi: int) -> tuple:
         """``state`` after layers ``lo``..``hi - 1``."""

@@ -46,7 +46,8 @@ class ModelRunner:
     def __init__(self, model, kv_cache: torch.Tensor, *, max_batch_tokens: int, max_seqs: int, block_size: int,
                  max_model_len: int, device: torch.device, cuda_graphs: bool, worker_thread: bool,
                  split_prefill_decode: bool = False, tp: TPGroup | None = None, tp_overlap: bool = False,
-                 piecewise_graphs: bool = True, cpu_graphs: bool = False, worker_process: bool = False):
+                 piecewise_graphs: bool = True, cpu_graphs: bool = False, worker_process: bool = False,
+                 graph_copy: bool = False):
         self.model = model
         self.tp = tp  # tensor parallelism: rank 0 broadcasts each step's inputs (``batch_broadcast``)
         self.kv_cache = kv_cache
@@ -80,8 +81,11 @@ class ModelRunner:
                 raise ValueError("cuda_graphs=True needs a CUDA device")
             if _triton_backend() is not None:  # the reference attention reads host lists: not capturable
                 self.piece_bounds = piece_bounds(len(model.layers), piecewise_graphs)
+                # graph_copy: each size's start graph also behind each host buffer's input copy (``DecodeGraph``)
+                copy_in = ((self.dev_raw[0], [per_k[0] for per_k in self.host.part_raw], self.host.used_bytes)
+                           if graph_copy and piecewise_graphs else None)
                 self.graphs = capture_graphs(model, kv_cache, self.dev[0], min(max_seqs, max_batch_tokens, 512),
-                                             max_seqs, max_model_len, device, self.piece_bounds)
+                                             max_seqs, max_model_len, device, self.piece_bounds, copy_in)
                 self.graph_sizes = sorted(self.graphs)
         self.decode_trace: DecodeTrace | None = None  # the CPU's traced decode step (``cpu_graphs``)
         if cpu_graphs:
@@ -173,9 +177,10 @@ class ModelRunner:
         return tokens
 
     # ---- what the device sides share ---------------------------------------------------------
-    def forward(self, plan: StepPlan, d: dict | None = None) -> torch.Tensor:
+    def forward(self, plan: StepPlan, d: dict | None = None, copy_from: int | None = None) -> torch.Tensor:
         """One forward batch from the device buffers ``d`` (default part 0, which the graphs read);
-        returns the fp32 logits of its sampled rows."""
+        returns the fp32 logits of its sampled rows. ``copy_from``: a decode graph step whose inputs are still
+        in host buffer ``copy_from``; its start graph copies them in (``DecodeGraph.replay``)."""
         d = self.dev[0] if d is None else d
         with torch.inference_mode():
             if plan.graph_bs:
@@ -184,7 +189,7 @@ class ModelRunner:
                     return self.traced_decode(plan, d)[0]
                 self._gather(plan, d)
                 graph, logits = self.graphs[plan.graph_bs]
-                graph.replay()
+                graph.replay(copy_from)
                 return logits[:plan.num_seqs]
             hidden = self.model(*self.model_inputs(plan, d), self.kv_cache)
             return self.model.compute_logits(hidden[d["sample"][:plan.padded_samples]])[:plan.num_samples]

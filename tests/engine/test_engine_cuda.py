@@ -85,3 +85,47 @@ def test_host_buffer_reuse_needs_no_event_query_after_the_wait(mode):
     dev._finished = -1  # as if no step had been waited for: the events are asked again
     dev.copy_pending(0)
     assert queried
+
+
+def _profiled_forwards(engine, reqs, tmp_path):
+    """Generate under torch.profiler; → (per ``abprof.forward`` on the host: its ``aten::copy_`` count,
+    the number of host-to-device copies on the GPU)."""
+    import json
+
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        engine.generate(reqs)
+        torch.cuda.synchronize()
+    path = tmp_path / "trace.json"
+    prof.export_chrome_trace(str(path))
+    events = [e for e in json.loads(path.read_text())["traceEvents"] if e.get("ph") == "X"]
+    forwards = [e for e in events if e["name"] == "abprof.forward" and e.get("cat") == "user_annotation"]
+    copies = [e for e in events if e["name"] == "aten::copy_" and e.get("cat") == "cpu_op"]
+    per_forward = [sum(1 for c in copies if c["tid"] == f["tid"] and f["ts"] <= c["ts"] < f["ts"] + f["dur"])
+                   for f in forwards]
+    h2d = sum(1 for e in events if e.get("cat") == "gpu_memcpy" and "HtoD" in e["name"])
+    return per_forward, h2d
+
+
+@pytest.mark.parametrize("graph_copy", [True, False])
+def test_sync_decode_steps_copy_their_inputs_in_the_start_graph(graph_copy, tmp_path):
+    """With ``graph_copy`` (the default) a sync decode step's input copy is a node of its start graph: no
+    ``copy_`` on the host, and still one host-to-device copy per step on the GPU; the tokens are those of the
+    plain copy and of the async loop (which replays the start graph without the copy)."""
+    engine = LLMEngine(EngineConfig(mode="sync", device="cuda", max_batch_tokens=256, max_seqs=16,
+                                    graph_copy=graph_copy))
+    assert engine.runner.device_side.copy_graphs == graph_copy == engine.describe()["graph_copy"]
+    reqs = make_workload(WorkloadConfig(num_requests=8, prompt_len="uniform:4:60", output_len="fixed:12", seed=3),
+                         vocab_size=engine.vocab_size)
+    engine.generate(reqs)  # warm
+    per_forward, h2d = _profiled_forwards(engine, reqs, tmp_path)
+    assert h2d == len(per_forward) >= 12  # every step's inputs reach the GPU (a prefill, then 11 decode steps)
+    no_copy = sum(1 for n in per_forward if n == 0)
+    assert no_copy >= 10 if graph_copy else no_copy == 0
+    tokens = [r.output_token_ids for r in engine.generate(reqs).records]
+    plain = LLMEngine(EngineConfig(mode="sync", device="cuda", max_batch_tokens=256, max_seqs=16, graph_copy=False))
+    assert tokens == [r.output_token_ids for r in plain.generate(reqs).records]
+    asyn = LLMEngine(EngineConfig(mode="async", device="cuda", max_batch_tokens=256, max_seqs=16))
+    assert tokens == [r.output_token_ids for r in asyn.generate(reqs).records]

@@ -152,8 +152,10 @@ def test_describe_and_invalid_configs():
     d = LLMEngine(EngineConfig(device="cpu", num_blocks=32)).describe()
     assert (d["layers"], d["hidden"], d["heads"], d["kv_heads"], d["vocab"]) == (2, 64, 4, 2, 512)
     assert d["dtype"] == "float32" and d["device"] == "cpu" and d["num_blocks"] == 32 and d["params"] > 0
+    assert d["graph_copy"] is False  # CUDA decode graphs only
     for bad in (dict(mode="fast"), dict(max_seqs=0), dict(block_size=-1), dict(model="no-such-model"),
-                dict(dtype="int8"), dict(num_blocks=0), dict(kv_cache_memory_gb=-1), dict(device="tpu")):
+                dict(dtype="int8"), dict(num_blocks=0), dict(kv_cache_memory_gb=-1), dict(device="tpu"),
+                dict(graph_copy="yes")):
         with pytest.raises(ValueError, match="invalid EngineConfig"):
             EngineConfig(**bad)
     with pytest.raises(ValueError, match="CUDA"):

@@ -167,3 +167,17 @@ def test_padded_decode_attention_is_the_reference():
         out = paged_decode_padded(torch.cat([q, torch.randn(1, heads, 16, dtype=q.dtype)]), kc, vc, tables, ctx, 0.25)
         torch.testing.assert_close(out[:-1], paged_attention_reference(q, kc, vc, meta, 0.25), rtol=1e-10, atol=1e-10)
         assert torch.isfinite(out[-1]).all()
+
+
+def test_start_into_given_tensors_matches_start():
+    """``start(out=...)`` (the decode graphs' start graph, captured more than once at the same addresses) gives
+    ``start``'s state, in the given tensors."""
+    model = CausalLM(preset_config("tiny"))
+    ids, pos = torch.tensor([3, 7, 0, 511]), torch.tensor([0, 5, 9, 2])
+    with torch.inference_mode():
+        x, res, (cos, sin) = model.start(ids, pos)
+        out = model.start_buffers(4)
+        x2, res2, (cos2, sin2) = model.start(ids, pos, out=out)
+    assert res is None and res2 is None
+    assert x2.data_ptr() == out[0].data_ptr() and cos2.data_ptr() == out[1].data_ptr()
+    assert torch.equal(x, x2) and torch.equal(cos, cos2) and torch.equal(sin, sin2) and cos2.shape == cos.shape
