@@ -185,7 +185,7 @@ class StepProfiler:
 
 def warm_up_profiler(cuda: bool, log_path: Path | None = None) -> None:
     """Start and stop the profiler once on a trivial op, so its one-time start-up cost (CUPTI
-    initialisation: 0.06-0.08 s on the H200, reports/h200/overhead.md) is paid before the measured run,
+    initialisation: 0.05-0.09 s on the H200, reports/h200/overhead*.md) is paid before the measured run,
     not inside it.
     Kineto's stderr lines go to ``log_path`` (None: discarded).
 
