@@ -71,7 +71,13 @@ class _Pending:
 
 class CpuProcessDevice:
     """Runs a runner's steps in a forked child process (``worker``: the runner's inline ``CpuDevice``, which runs
-    them there on the child's copy of the runner)."""
+    them there on the child's copy of the runner).
+
+    ``reply_timeout_s``: how long the host waits for the child's next answer before it gives up on a child that
+    is alive but stuck (as it was when GNU OpenMP hung in the fork, b5d50b4) with ``DeviceProcessError``
+    instead of waiting forever; a step of the largest preset on the CPU takes seconds."""
+
+    reply_timeout_s = 600.0
 
     def __init__(self, worker):
         self.streams: list = [None]
@@ -115,9 +121,14 @@ class CpuProcessDevice:
 
     def _receive_until(self, step: int) -> None:
         while self._received <= step:
-            while not (_readable(self._conn) or self._conn.poll(1.0)):
+            deadline = time.monotonic() + self.reply_timeout_s
+            while not (_readable(self._conn) or self._conn.poll(min(1.0, self.reply_timeout_s))):
                 if not self._proc.is_alive():
                     raise DeviceProcessError(f"the device process died (exit code {self._exit_code()})")
+                if time.monotonic() > deadline:
+                    self.close()  # a stuck child is stopped (killed if it does not stop), not left behind
+                    raise DeviceProcessError(f"the device process has not finished step {self._received} in "
+                                             f"{self.reply_timeout_s:g} s while alive: stuck; it was stopped")
             try:
                 kind, value = self._conn.recv()
             except (EOFError, OSError):

@@ -251,3 +251,30 @@ def test_device_process_failure_is_one_error_not_a_hang():
     with pytest.raises(DeviceProcessError, match="died|closed"):
         engine.generate(reqs)
     engine.close()
+
+
+def test_a_stuck_device_process_is_an_error_not_a_hang():
+    """A device process that is alive but does not answer (stuck in a step) raises DeviceProcessError after the
+    reply timeout, and is stopped."""
+    import time
+
+    from reference_engine.cpu_process import DeviceProcessError
+
+    import reference_engine.model_runner as model_runner
+
+    def stuck(logits, params, generator):
+        time.sleep(3600)
+
+    with pytest.MonkeyPatch.context() as patch:  # the child is forked with the patched sampler
+        patch.setattr(model_runner, "sample", stuck)
+        engine = LLMEngine(EngineConfig(mode="sync", device="cpu"))
+    device = engine.runner.device_side
+    device.reply_timeout_s = 1.0
+    reqs = make_workload(WorkloadConfig(num_requests=2, prompt_len="fixed:8", output_len="fixed:3"),
+                         vocab_size=engine.vocab_size)
+    t = time.monotonic()
+    with pytest.raises(DeviceProcessError, match="not finished step 0 in 1 s while alive"):
+        engine.generate(reqs, sampling=SamplingParams(temperature=1.0))
+    assert time.monotonic() - t < 30
+    assert not device._proc.is_alive()
+    engine.close()
