@@ -6,9 +6,9 @@ copies the staging buffer, in one copy, into the static buffer that the model an
 runs the forward and samples; the D2H stream copies the sampled tokens into a pinned host buffer. When the
 host has waited for every step launched before (the sync loop), nothing on the GPU reads the static buffer:
 the H2D copy goes straight into it on the compute stream, and a decode graph step's copy is a node of its
-start graph (``cuda_graphs.DecodeGraph``), so that no recorded op or event comes before its first launch. Nothing here blocks the
-host: ``launch`` only enqueues, and what the host waits on (``copy_pending``, ``StepHandle.done``) is an event
-the runner synchronizes inside ``abprof.sync_wait``.
+start graph (``cuda_graphs.DecodeGraph``), so that no recorded op or event comes before its first launch.
+Nothing here blocks the host: ``launch`` only enqueues, and what the host waits on (``copy_pending``,
+``StepHandle.done``) is an event the runner synchronizes inside ``abprof.sync_wait``.
 
 A split step (``split_step``) runs its first (decode) batch on the compute stream and its second on
 the prefill stream, joined by an event before the logits are merged. A ``tp_overlap`` step runs both
@@ -116,11 +116,6 @@ class CudaDevice:
         if r.overlap:  # NCCL's own stream runs each all-reduce under the other micro-batch
             return overlapped_logits(r, plan)
         return self._forward_split(plan)
-
-    @property
-    def copy_graphs(self) -> bool:
-        """Whether idle decode steps enter the GPU through a start graph that copies their inputs in."""
-        return any(graph.copy_starts for graph, _ in self.runner.graphs.values())
 
     def _part_views(self, parts: list[StepPlan], k: int) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """``_views`` of each batch part's used bytes in host buffer ``k``."""

@@ -7,10 +7,11 @@ context). The graphs read the first part's static device buffers, so only that p
 Piecewise (the default): each size's decode is captured as a few graphs over growing runs of layers
 (``piece_bounds``: the embedding and layer 0 (layer 0 alone with start graphs, below), layers 1-3, 4-15,
 16-63 ..., the last piece ending with the LM head), replayed one after another on the same stream. The GPU
-starts on the first piece while the host is still launching the others. With nothing recording that changes little (a graph launch costs the host
-5-10 us); under CUDA activity tracing CUPTI spends about 1 us of host time per kernel node at every
-launch (reports/h200/graph-cupti.md), which for a whole 167-kernel decode graph lands on the synchronous
-loop's critical path and with pieces only the first piece's share does (reports/h200/overhead-arms.md).
+starts on the first piece while the host is still launching the others. With nothing recording that changes
+little (a graph launch costs the host 5-10 us); under CUDA activity tracing CUPTI spends about 1 us of host
+time per kernel node at every launch (reports/h200/graph-cupti.md), which for a whole 167-kernel decode
+graph lands on the synchronous loop's critical path and with pieces only the first piece's share does
+(reports/h200/overhead-arms.md).
 
 Start graphs (``EngineConfig.graph_copy``, with pieces): the embedding and rotary lookups are a graph of
 their own ahead of the pieces, captured three times per size, writing the same tensors: alone (the async

@@ -209,7 +209,7 @@ class LLMEngine:
             "cuda_graphs": self.cuda_graphs, "cpu_graphs": self.cpu_graphs,
             "cpu_worker_process": self.cpu_worker_process, "graph_batch_sizes": list(self.runner.graph_sizes),
             "graph_piece_layers": self.runner.piece_bounds,
-            "graph_copy": bool(getattr(self.runner.device_side, "copy_graphs", False)),
+            "graph_copy": self.runner.copy_graphs,
             "attention_backend": "triton" if (self.device.type == "cuda" and _triton_backend()) else "torch",
             "split_prefill_decode": cfg.split_prefill_decode, "tp_size": cfg.tp_size, "tp_overlap": cfg.tp_overlap,
             "rank": self.rank,

@@ -85,9 +85,15 @@ class RotaryEmbedding(nn.Module):
         self.cos = emb.cos() * attention_factor
         self.sin = emb.sin() * attention_factor
 
-    def forward(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos and sin ``[T, 1, D]`` for the step's positions (looked up once, used by every layer)."""
-        return self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
+    def forward(self, positions: torch.Tensor, out: tuple | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos and sin ``[T, 1, D]`` for the step's positions (looked up once, used by every layer); with ``out``
+        (two ``[T, D]`` tensors) written into those."""
+        if out is None:
+            return self.cos[positions].unsqueeze(1), self.sin[positions].unsqueeze(1)
+        cos, sin = out
+        torch.index_select(self.cos, 0, positions, out=cos)
+        torch.index_select(self.sin, 0, positions, out=sin)
+        return cos.unsqueeze(1), sin.unsqueeze(1)
 
 
 class Attention(nn.Module):
@@ -198,16 +204,13 @@ class CausalLM(nn.Module):
             return self.embed_tokens(input_ids), None, self.rope(positions)
         x, cos, sin = out
         torch.index_select(self.embed_tokens.weight, 0, input_ids, out=x)
-        torch.index_select(self.rope.cos, 0, positions, out=cos)
-        torch.index_select(self.rope.sin, 0, positions, out=sin)
-        return x, None, (cos.unsqueeze(1), sin.unsqueeze(1))
+        return x, None, self.rope(positions, out=(cos, sin))
 
     def start_buffers(self, num_tokens: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Tensors for ``start(..., out=)`` of ``num_tokens`` rows: the embeddings, cos and sin."""
-        w, cos = self.embed_tokens.weight, self.rope.cos
-        return (torch.empty(num_tokens, w.shape[1], dtype=w.dtype, device=w.device),
-                torch.empty(num_tokens, cos.shape[1], dtype=cos.dtype, device=cos.device),
-                torch.empty(num_tokens, cos.shape[1], dtype=cos.dtype, device=cos.device))
+        w, table = self.embed_tokens.weight, self.rope.cos
+        return w.new_empty(num_tokens, w.shape[1]), table.new_empty(num_tokens, table.shape[1]), \
+            table.new_empty(num_tokens, table.shape[1])
 
     def run_layers(self, state: tuple, meta: AttentionMetadata, kv_cache: torch.Tensor, lo: int, hi: int) -> tuple:
         """``state`` after layers ``lo``..``hi - 1``."""

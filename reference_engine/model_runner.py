@@ -97,6 +97,12 @@ class ModelRunner:
             self.device_side = CpuProcessDevice(self.device_side)
 
     @property
+    def copy_graphs(self) -> bool:
+        """Whether idle decode steps enter the GPU through a start graph that copies their inputs in
+        (``graph_copy``)."""
+        return any(graph.copy_starts for graph, _ in self.graphs.values())
+
+    @property
     def np_views(self) -> list[dict]:
         """The first part's numpy views of host buffers 0 and 1."""
         return [per_k[0] for per_k in self.host.views]

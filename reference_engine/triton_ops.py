@@ -49,7 +49,8 @@ if triton is not None:
     @triton.jit
     def _rotate_heads(x_ptr, cos_ptr, sin_ptr, t, offs_h, stride_xt, stride_xh, stride_ct, stride_st, num_heads,
                       HALF: tl.constexpr, BLOCK_D: tl.constexpr):
-        """Token ``t``'s heads ``offs_h`` of ``x`` rotated in place; → (first halves, second halves, mask), as stored."""
+        """Token ``t``'s heads ``offs_h`` of ``x`` rotated in place; → (first halves, second halves, mask), as
+        stored."""
         offs_d = tl.arange(0, BLOCK_D)
         dmask = offs_d < HALF
         c1 = tl.load(cos_ptr + t * stride_ct + offs_d, mask=dmask, other=0.0)

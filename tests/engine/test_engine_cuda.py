@@ -116,7 +116,7 @@ def test_sync_decode_steps_copy_their_inputs_in_the_start_graph(graph_copy, tmp_
     plain copy and of the async loop (which replays the start graph without the copy)."""
     engine = LLMEngine(EngineConfig(mode="sync", device="cuda", max_batch_tokens=256, max_seqs=16,
                                     graph_copy=graph_copy))
-    assert engine.runner.device_side.copy_graphs == graph_copy == engine.describe()["graph_copy"]
+    assert engine.runner.copy_graphs == graph_copy == engine.describe()["graph_copy"]
     reqs = make_workload(WorkloadConfig(num_requests=8, prompt_len="uniform:4:60", output_len="fixed:12", seed=3),
                          vocab_size=engine.vocab_size)
     engine.generate(reqs)  # warm
