@@ -37,38 +37,10 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.overhead import PRESETS, environment, graph_replay_us, mean_ci95, warmed_engine  # noqa: E402
+from benchmarks.overhead import PRESETS, PhaseClock, environment, graph_replay_us, mean_ci95, warmed_engine  # noqa: E402
 
 VARIANTS = {"pieces": dict(piecewise=True, teardown=False), "one-graph": dict(piecewise=False, teardown=False),
             "pieces-teardown": dict(piecewise=True, teardown=True)}
-
-
-class PhaseClock:
-    """Wraps the runner's ``launch`` and ``wait`` to time them per step."""
-
-    PHASES = ("launch", "wait")
-
-    def __init__(self, runner):
-        self.reset()
-        for name in self.PHASES:
-            setattr(runner, name, self._timed(name, getattr(runner, name)))
-
-    def _timed(self, name: str, fn):
-        def timed(arg):
-            t = time.perf_counter()
-            try:
-                return fn(arg)
-            finally:
-                self.spent[name] += time.perf_counter() - t
-        return timed
-
-    def reset(self) -> None:
-        self.per_step: list[tuple[float, float]] = []
-        self.spent = dict.fromkeys(self.PHASES, 0.0)
-
-    def on_step(self, i: int) -> None:
-        self.per_step.append((self.spent["launch"], self.spent["wait"]))
-        self.spent = dict.fromkeys(self.PHASES, 0.0)
 
 
 def timed_pass(engine, requests, clock: PhaseClock, extra_on_step=None) -> list[dict]:
@@ -81,9 +53,9 @@ def timed_pass(engine, requests, clock: PhaseClock, extra_on_step=None) -> list[
 
     result = engine.generate(requests, on_step=on_step)
     steps = []
-    for (s, e), (launch, wait) in zip(result.step_spans_s, clock.per_step):
-        steps.append({"ms": 1e3 * (e - s), "launch_ms": 1e3 * launch, "wait_ms": 1e3 * wait,
-                      "rest_ms": 1e3 * (e - s - launch - wait)})
+    for (s, e), p in zip(result.step_spans_s, clock.per_step):
+        steps.append({"ms": 1e3 * (e - s), "launch_ms": 1e3 * p["launch"], "wait_ms": 1e3 * p["wait"],
+                      "rest_ms": 1e3 * (e - s - p["launch"] - p["wait"])})
     return steps
 
 
@@ -138,7 +110,7 @@ def run_part(mode: str, variant: str, cfg: dict, clean_passes: int) -> dict:
 
     v = VARIANTS[variant]
     engine, requests, window, cuda = warmed_engine(mode, cfg, v["piecewise"])
-    clock = PhaseClock(engine.runner)
+    clock = PhaseClock({"launch": (engine.runner, "launch"), "wait": (engine.runner, "wait")})
     lo, hi = window.first, window.first + window.active
     steady = cfg["steady"]
     doc = {"mode": mode, "variant": variant, "window": [lo, hi - 1], "steady": list(steady),

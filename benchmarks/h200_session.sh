@@ -55,6 +55,8 @@ run_steps() {
         --modes sync --arms default ;;
     overhead-default) step overhead-default python3 benchmarks/overhead.py --out "$W/overhead-default" \
         --repeats "${REPEATS:-8}" --arms default ;;
+    overhead-gpu-time) step overhead-gpu-time python3 benchmarks/overhead.py --out "$W/overhead-gpu-time" \
+        --repeats "${REPEATS:-6}" --arms default --gpu-time ;;
     overhead-plain-copy) step overhead-plain-copy python3 benchmarks/overhead.py --out "$W/overhead-plain-copy" \
         --repeats "${REPEATS:-8}" --arms default --modes ${MODES:-sync} --no-graph-copy ;;
     overhead-one-graph) step overhead-one-graph python3 benchmarks/overhead.py --out "$W/overhead-one-graph" \

@@ -18,6 +18,9 @@ pass and within a pass (reports/h200/cupti-lingering.json), which a comparison a
 pass's medians (``overhead_pct_pass_medians``, kept for comparison), cannot tell from the profiler. Every
 *arm* runs once per repeat, in an order rotated from repeat to repeat; over the repeats: the mean and a 95%
 t-interval. The engine runs its default piecewise decode graphs (``--one-graph``: one graph per batch size).
+Where the extra time goes: each step's host time is also split into phases (``step_phases``: preparing the
+inputs, enqueueing the device work, waiting for tokens, the rest), each compared the same way, in us per step;
+``--gpu-time`` adds the step's device time from CUDA events (a diagnosis: the events are one more call per step).
 
 Arms. The NVML sampler runs through every pass, as abprof run runs it through the whole run; the profiler
 arms switch torch.profiler on in the ``warm`` and ``on`` blocks:
@@ -96,6 +99,76 @@ def phase_of(k: int, cfg: dict) -> str:
     return "off" if j < off else "warm" if j < off + warm else "on"
 
 
+class PhaseClock:
+    """Times methods of the engine per step: ``phases`` maps a phase name to ``(object, method name)``; each
+    method is wrapped in place (two ``perf_counter`` calls, in every step, recorded or not)."""
+
+    def __init__(self, phases: dict[str, tuple[object, str]]):
+        self.names = tuple(phases)
+        self.reset()
+        for name, (obj, attr) in phases.items():
+            setattr(obj, attr, self._timed(name, getattr(obj, attr)))
+
+    def _timed(self, name: str, fn):
+        def timed(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.spent[name] += time.perf_counter() - t
+        return timed
+
+    def reset(self) -> None:
+        self.per_step: list[dict[str, float]] = []
+        self.spent = dict.fromkeys(self.names, 0.0)
+
+    def on_step(self, i: int) -> None:
+        self.per_step.append(self.spent)
+        self.spent = dict.fromkeys(self.names, 0.0)
+
+
+def step_phases(runner) -> PhaseClock:
+    """A step's host time in phases: ``prepare`` (inputs into a host buffer), ``enqueue`` (the device side's
+    launch: copies, graph replays, sampling), ``wait`` (blocked on a step's tokens); the rest of the step
+    (schedule, update, the annotations) is the step's wall time less these."""
+    return PhaseClock({"prepare": (runner, "prepare_step"), "enqueue": (runner.device_side, "launch"),
+                       "wait": (runner, "wait")})
+
+
+class GpuClock:
+    """Diagnosis (``--gpu-time``): each step's device time from two timing CUDA events, one recorded on the
+    compute stream before the step's device work is enqueued, one on the copy-out stream after it (the
+    first also lengthens the sync loop's host path, by one event record, in every step)."""
+
+    def __init__(self, runner):
+        import torch
+
+        self.torch, self.side = torch, runner.device_side
+        self.reset()
+        launch = self.side.launch
+
+        def timed(plan):
+            e0, e1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            e0.record(self.side.compute_stream)
+            try:
+                return launch(plan)
+            finally:
+                e1.record(self.side.d2h_stream)
+                self.pending.append((e0, e1))
+        self.side.launch = timed
+
+    def reset(self) -> None:
+        self.pending: list = []
+        self.per_step: list[float] = []
+
+    def on_step(self, i: int) -> None:
+        self.per_step.append(len(self.pending) - 1)  # the step's event pair (-1: none yet)
+
+    def gpu_ms(self) -> list[float | None]:
+        self.torch.cuda.synchronize()
+        return [self.pending[j][0].elapsed_time(self.pending[j][1]) if j >= 0 else None for j in self.per_step]
+
+
 class Recording:
     """What a profiler arm switches on for a block: a torch.profiler (no schedule)."""
 
@@ -157,15 +230,20 @@ def nvml_pair(engine, requests, cuda: bool, cfg: dict, first_with: bool) -> dict
             "switch_ms_max": None}
 
 
-def blocks_pass(engine, requests, arm: str, cuda: bool, cfg: dict) -> dict:
+def blocks_pass(engine, requests, arm: str, cuda: bool, cfg: dict, clocks: tuple = ()) -> dict:
     """One pass of the workload with the profiler arm switched on in the ``warm`` and ``on`` blocks (the NVML
-    sampler runs the whole pass)."""
+    sampler runs the whole pass). ``clocks``: a step's phases (``step_phases``) and device time (``GpuClock``),
+    each on block's median against the off blocks either side of it, as for the step."""
     rec = Recording(arm, cuda)
     switch_s = []
     active = False
+    for c in clocks:
+        c.reset()
 
     def on_step(i: int) -> None:
         nonlocal active
+        for c in clocks:
+            c.on_step(i)
         t = time.perf_counter()
         if not active and phase_of(i + 1, cfg) == "warm" and i + 1 < cfg["steady"][1]:
             rec.start()
@@ -185,25 +263,41 @@ def blocks_pass(engine, requests, arm: str, cuda: bool, cfg: dict) -> dict:
             rec.stop()
     lo, hi = cfg["steady"]
     hi = min(hi, result.num_steps - 1)
-    cycles: dict[int, dict[str, list[float]]] = {}  # per off/warm/on cycle: its off and on steps
+    step_ms = [1e3 * (e - s) for s, e in result.step_spans_s]
+    series = {"step": step_ms}  # per step, ms
+    for c in clocks:
+        if isinstance(c, GpuClock):
+            series["gpu"] = c.gpu_ms()
+        else:
+            for name in c.names:
+                series[name] = [1e3 * p[name] for p in c.per_step]
+            series["rest"] = [t - sum(1e3 * p[n] for n in c.names) for t, p in zip(step_ms, c.per_step)]
+    cycles: dict[int, dict[str, list[int]]] = {}  # per off/warm/on cycle: its off and on steps
     for k in range(lo, hi):
-        ms = 1e3 * (result.step_spans_s[k][1] - result.step_spans_s[k][0])
         c = cycles.setdefault((k - lo) // sum(cfg["blocks"]), {"off": [], "on": []})
         if phase_of(k, cfg) == "on":
-            c["on"].append(ms)
+            c["on"].append(k)
         elif phase_of(k, cfg) == "off" and phase_of(k - 1, cfg) != "on":
-            c["off"].append(ms)
-    on, off = ([ms for c in cycles.values() for ms in c[kind]] for kind in ("on", "off"))
+            c["off"].append(k)
+    on, off = ([step_ms[k] for c in cycles.values() for k in c[kind]] for kind in ("on", "off"))
     # each on block against the off blocks either side of it (the host's speed drifts within a pass)
-    ratios = []
+    ratios, deltas = [], {name: [] for name in series}
     for i, c in sorted(cycles.items()):
-        sides = [statistics.median(x["off"]) for x in (c, cycles.get(i + 1)) if x is not None and x["off"]]
-        if c["on"] and sides:
-            ratios.append(statistics.median(c["on"]) / statistics.fmean(sides))
+        sides = [x["off"] for x in (c, cycles.get(i + 1)) if x is not None and x["off"]]
+        if not (c["on"] and sides):
+            continue
+        for name, xs in series.items():
+            if any(xs[k] is None for k in c["on"] + [k for side in sides for k in side]):
+                continue
+            base = statistics.fmean(statistics.median(xs[k] for k in side) for side in sides)
+            deltas[name].append(1e3 * (statistics.median(xs[k] for k in c["on"]) - base))
+            if name == "step":
+                ratios.append(statistics.median(xs[k] for k in c["on"]) / base)
     return {"arm": arm, "on_ms_median": statistics.median(on), "off_ms_median": statistics.median(off),
             "on_steps": len(on), "off_steps": len(off), "blocks": len(ratios),
             "overhead_pct": 100 * (statistics.median(ratios) - 1),
             "overhead_pct_pass_medians": 100 * (statistics.median(on) / statistics.median(off) - 1),
+            "delta_us": {name: statistics.median(d) for name, d in deltas.items() if d},
             "switch_ms_max": 1e3 * max(switch_s) if switch_s else None,
             "switch_ms_total": 1e3 * sum(switch_s) if switch_s else None}
 
@@ -278,7 +372,7 @@ def warmed_engine(mode: str, cfg: dict, piecewise: bool = True, graph_copy: bool
 
 
 def run_part(mode: str, cfg: dict, repeats: int, arms: tuple[str, ...] = ARMS, piecewise: bool = True,
-             graph_copy: bool = True) -> dict:
+             graph_copy: bool = True, gpu_time: bool = False) -> dict:
     import torch
 
     engine, requests, window, cuda = warmed_engine(mode, cfg, piecewise, graph_copy)
@@ -294,10 +388,11 @@ def run_part(mode: str, cfg: dict, repeats: int, arms: tuple[str, ...] = ARMS, p
     lingering["passes_after_ms"] = [steady_median_ms(engine.generate(requests), cfg) for _ in range(3)]
     print(json.dumps(lingering), flush=True)
     passes = []
+    clocks = (step_phases(engine.runner),) + ((GpuClock(engine.runner),) if gpu_time and cuda else ())
     for r in range(repeats):
         for arm in arms[r % len(arms):] + arms[:r % len(arms)]:
             one = nvml_pair(engine, requests, cuda, cfg, r % 2 == 0) if arm == "nvml" else \
-                blocks_pass(engine, requests, arm, cuda, cfg)
+                blocks_pass(engine, requests, arm, cuda, cfg, clocks)
             passes.append({"repeat": r, **one})
             print(json.dumps(passes[-1]), flush=True)
     launches = {"off": graph_replay_us(engine, cuda)}
@@ -317,6 +412,10 @@ def run_part(mode: str, cfg: dict, repeats: int, arms: tuple[str, ...] = ARMS, p
         mean, ci = mean_ci95([p["overhead_pct"] for p in mine])
         by_arm[arm] = {"overhead_pct": mean, "ci95": ci, "per_repeat_pct": [p["overhead_pct"] for p in mine],
                        "switch_ms_max": _max([p["switch_ms_max"] for p in mine])}
+        if arm != "nvml":  # where the recorded step's extra time goes, us per step, mean over the repeats
+            names = dict.fromkeys(n for p in mine for n in p["delta_us"])
+            by_arm[arm]["delta_us"] = {n: statistics.fmean(p["delta_us"][n] for p in mine if n in p["delta_us"])
+                                       for n in names}
     return {"mode": mode, "steady_steps": list(cfg["steady"]), "blocks_off_warm_on": list(cfg["blocks"]),
             "abprof_window": {"first": window.first, "last": window.first + window.active - 1},
             "engine": engine_doc, "cuda": cuda, "device_name": torch.cuda.get_device_name(0) if cuda else "cpu",
@@ -358,6 +457,8 @@ def main(argv=None) -> int:
     p.add_argument("--no-graph-copy", action="store_true",
                    help="a sync decode step's input copy as a copy_ ahead of its graphs (default: a node of its "
                         "start graph, EngineConfig.graph_copy)")
+    p.add_argument("--gpu-time", action="store_true",
+                   help="diagnosis: also each step's device time, from two timing CUDA events per step (GpuClock)")
     p.add_argument("--timeout", type=int, default=280, help="seconds per loop's process")
     args = p.parse_args(argv)
     cfg = PRESETS["dry" if args.dry_run else "full"]
@@ -367,7 +468,8 @@ def main(argv=None) -> int:
         arms = tuple(a for a in ARMS if a in args.arms)
         if "default" not in arms:
             p.error("--arms must include default")
-        doc = run_part(args.part, cfg, repeats, arms, piecewise=not args.one_graph, graph_copy=not args.no_graph_copy)
+        doc = run_part(args.part, cfg, repeats, arms, piecewise=not args.one_graph, graph_copy=not args.no_graph_copy,
+                       gpu_time=args.gpu_time)
         (out / f".overhead-{args.part}.json").write_text(json.dumps(doc))
         return 0
     out.mkdir(parents=True, exist_ok=True)
@@ -378,7 +480,7 @@ def main(argv=None) -> int:
         part_file.unlink(missing_ok=True)
         cmd = [sys.executable, __file__, "--out", str(out), "--part", mode, "--repeats", str(repeats)]
         cmd += (["--dry-run"] if args.dry_run else []) + ["--arms", *args.arms] + (["--one-graph"] if args.one_graph else [])
-        cmd += ["--no-graph-copy"] if args.no_graph_copy else []
+        cmd += (["--no-graph-copy"] if args.no_graph_copy else []) + (["--gpu-time"] if args.gpu_time else [])
         try:
             proc = subprocess.run(cmd, timeout=args.timeout, capture_output=True, text=True)
             err = None if proc.returncode == 0 else (proc.stderr.strip().splitlines() or ["exit"])[-1]

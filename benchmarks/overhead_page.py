@@ -31,6 +31,7 @@ def markdown(doc: dict, method: str, profiler_arms: tuple[str, ...]) -> str:
             reps = ", ".join(f"{x:+.1f}" for x in a["per_repeat_pct"])
             lines.append(f"| {mode} | {arm} | {a['overhead_pct']:+.2f}% | {fmt_ci(a['ci95'])} | {reps} | "
                          f"{_f(a['switch_ms_max'], '.0f')} |")
+    lines += _delta_table(parts)
     lines += ["", "Steps: " + "; ".join(f"{m}: steady steps {p['steady_steps'][0]}-{p['steady_steps'][1]}, blocks "
                                          f"off/warm/on {'/'.join(map(str, p['blocks_off_warm_on']))}, abprof run's "
                                          f"window {p['abprof_window']['first']}-{p['abprof_window']['last']}, "
@@ -58,6 +59,24 @@ def markdown(doc: dict, method: str, profiler_arms: tuple[str, ...]) -> str:
                      f"{_f(ling['first_profiler_start_stop_s'], '.2f')} | {_f(a['window_start_stop_ms_max'], '.0f')} | "
                      f"{_f(a['stop_and_export_s'], '.2f')} |")
     return "\n".join(lines) + "\n"
+
+
+def _delta_table(parts) -> list[str]:
+    """Where a recorded step's extra time goes: per arm, the step's and each phase's change, us per step."""
+    names = ["step", "prepare", "enqueue", "wait", "rest", "gpu"]
+    rows = [(m, arm, a["delta_us"]) for m, p in parts for arm, a in p["arms"].items() if a.get("delta_us")]
+    if not rows:
+        return []
+    shown = [n for n in names if any(n in d for _, _, d in rows)]
+    out = ["", "Where a recorded step's extra time goes (us per step, recorded block's median less the unrecorded "
+           "blocks' beside it, median over a pass's blocks, mean over the repeats): `prepare` (the step's inputs "
+           "into a host buffer), `enqueue` (the device side's launch: copies, graph replays, sampling), `wait` "
+           "(blocked on tokens), `rest` (schedule, update, annotations)"
+           + (", `gpu` (the step's device time, two timing CUDA events, --gpu-time)" if "gpu" in shown else "")
+           + ":", "", "| loop | arm | " + " | ".join(shown) + " |", "|---|---|" + "---|" * len(shown)]
+    for m, arm, d in rows:
+        out.append(f"| {m} | {arm} | " + " | ".join(_f(d.get(n), "+.1f") for n in shown) + " |")
+    return out
 
 
 def _yes(flag) -> str:

@@ -66,6 +66,23 @@ def test_dry_run_reports_every_arm_of_both_loops(dry_run):
     assert "DRY RUN" in md and "| sync | default |" in md and "| async | cpu-only |" in md
 
 
+def test_dry_run_splits_the_extra_time_into_phases(dry_run):
+    """Each profiler arm says where a recorded step's extra time goes: the step and its phases, us per step; the
+    sync loop's host blocks in ``wait`` every step, so its wait phase is timed too (no GPU: no device time)."""
+    out, doc = dry_run
+    for mode in ("sync", "async"):
+        for arm, a in doc[mode]["arms"].items():
+            if arm == "nvml":
+                assert "delta_us" not in a
+                continue
+            assert set(a["delta_us"]) == {"step", "prepare", "enqueue", "wait", "rest"}
+            passes = [p for p in doc[mode]["passes"] if p["arm"] == arm]
+            assert a["delta_us"]["step"] == pytest.approx(sum(p["delta_us"]["step"] for p in passes) / len(passes))
+            # a step's phases account for its wall time: the on and off medians of each differ by less than a step
+            assert all(abs(v) < 1e3 * max(p["on_ms_median"] for p in passes) for v in a["delta_us"].values())
+    assert "| sync | default | " in (out / "overhead.md").read_text().split("Where a recorded step's extra time")[1]
+
+
 def test_graph_cupti_page_shows_the_lost_records_under_teardown(tmp_path):
     gc = load("graph_cupti")
     runs = [REPO / "reports" / "h200" / "graph-cupti.json", REPO / "reports" / "h200" / "graph-cupti-teardown.json"]
