@@ -53,6 +53,8 @@ run_steps() {
     overhead) step overhead python3 benchmarks/overhead.py --out "$W/overhead" --repeats "${REPEATS:-4}" ;;
     overhead-sync) step overhead-sync python3 benchmarks/overhead.py --out "$W/overhead-sync" --repeats "${REPEATS:-8}" \
         --modes sync --arms default ;;
+    overhead-async) step overhead-async python3 benchmarks/overhead.py --out "$W/overhead-async" \
+        --repeats "${REPEATS_ASYNC:-8}" --modes async --arms default ;;
     overhead-default) step overhead-default python3 benchmarks/overhead.py --out "$W/overhead-default" \
         --repeats "${REPEATS:-8}" --arms default ;;
     overhead-gpu-time) step overhead-gpu-time python3 benchmarks/overhead.py --out "$W/overhead-gpu-time" \

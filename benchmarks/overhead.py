@@ -456,7 +456,7 @@ def main(argv=None) -> int:
                    help="the engine's decode graphs in one piece per batch size (default: piecewise)")
     p.add_argument("--no-graph-copy", action="store_true",
                    help="a sync decode step's input copy as a copy_ ahead of its graphs (default: a node of its "
-                        "start graph, EngineConfig.graph_copy)")
+                        "first piece, EngineConfig.graph_copy)")
     p.add_argument("--gpu-time", action="store_true",
                    help="diagnosis: also each step's device time, from two timing CUDA events per step (GpuClock)")
     p.add_argument("--timeout", type=int, default=280, help="seconds per loop's process")

@@ -36,7 +36,7 @@ def markdown(doc: dict, method: str, profiler_arms: tuple[str, ...]) -> str:
                                          f"off/warm/on {'/'.join(map(str, p['blocks_off_warm_on']))}, abprof run's "
                                          f"window {p['abprof_window']['first']}-{p['abprof_window']['last']}, "
                                          f"decode graph pieces at layers {p['engine'].get('graph_piece_layers')}, "
-                                         f"idle decode steps' copy in the start graph (graph_copy): "
+                                         f"idle decode steps' copy in the first piece (graph_copy): "
                                          f"{_yes(p['engine'].get('graph_copy'))}"
                                          for m, p in parts), "",
               "Host time of one replay of the engine's largest decode CUDA graph (median of 200, us): before any "

@@ -6,7 +6,7 @@ copies the staging buffer, in one copy, into the static buffer that the model an
 runs the forward and samples; the D2H stream copies the sampled tokens into a pinned host buffer. When the
 host has waited for every step launched before (the sync loop), nothing on the GPU reads the static buffer:
 the H2D copy goes straight into it on the compute stream, and a decode graph step's copy is a node of its
-start graph (``cuda_graphs.DecodeGraph``), so that no recorded op or event comes before its first launch.
+first piece (``cuda_graphs.DecodeGraph``), so that no recorded op or event comes before its first launch.
 Nothing here blocks the host: ``launch`` only enqueues, and what the host waits on (``copy_pending``,
 ``StepHandle.done``) is an event the runner synchronizes inside ``abprof.sync_wait``.
 
@@ -73,9 +73,9 @@ class CudaDevice:
             if self._finished == self._launched - 1:
                 # the host has waited for every launched step (the sync loop): nothing on the GPU reads the device
                 # buffers, so the inputs go straight into them on the compute stream (no staging copy, no event
-                # between streams), and a decode graph's start graph copies them in itself (``graph_copy``)
+                # between streams), and a decode graph's first piece copies them in itself (``graph_copy``)
                 in_graph = (plan.graph_bs and plan.part2 is None and not plan.has_gather
-                            and bool(r.graphs[plan.graph_bs][0].copy_starts))
+                            and bool(r.graphs[plan.graph_bs][0].copy_firsts))
                 with torch.cuda.stream(self.compute_stream):
                     if not in_graph:
                         for host, _, dev in self._part_views(parts, k):
@@ -109,7 +109,7 @@ class CudaDevice:
 
     def _forward(self, plan: StepPlan, copy_from: int | None = None) -> torch.Tensor:
         """The step's logits, on the current (compute) stream, its inputs in the device buffers (or still in
-        host buffer ``copy_from``, for a decode graph whose start graph copies them in)."""
+        host buffer ``copy_from``, for a decode graph whose first piece copies them in)."""
         r = self.runner
         if plan.part2 is None:
             return r.forward(plan, copy_from=copy_from)

@@ -5,19 +5,19 @@ inputs are padded to that size on the host (``step_inputs``: pad rows write no K
 context). The graphs read the first part's static device buffers, so only that part may use them.
 
 Piecewise (the default): each size's decode is captured as a few graphs over growing runs of layers
-(``piece_bounds``: the embedding and layer 0 (layer 0 alone with start graphs, below), layers 1-3, 4-15,
-16-63 ..., the last piece ending with the LM head), replayed one after another on the same stream. The GPU
-starts on the first piece while the host is still launching the others. With nothing recording that changes
-little (a graph launch costs the host 5-10 us); under CUDA activity tracing CUPTI spends about 1 us of host
-time per kernel node at every launch (reports/h200/graph-cupti.md), which for a whole 167-kernel decode
-graph lands on the synchronous loop's critical path and with pieces only the first piece's share does
-(reports/h200/overhead-arms.md).
+(``piece_bounds``: the embedding and layer 0, layers 1-3, 4-15, 16-63 ..., the last piece ending with the LM
+head), replayed one after another on the same stream. The GPU starts on the first piece while the host is
+still launching the others. With nothing recording that changes little (a graph launch costs the host 5-10
+us); under CUDA activity tracing CUPTI spends about 1 us of host time per kernel node at every launch
+(reports/h200/graph-cupti.md), which for a whole 167-kernel decode graph lands on the synchronous loop's
+critical path and with pieces only the first piece's share does (reports/h200/overhead-arms.md).
 
-Start graphs (``EngineConfig.graph_copy``, with pieces): the embedding and rotary lookups are a graph of
-their own ahead of the pieces, captured three times per size, writing the same tensors: alone (the async
-loop, whose inputs arrive through staging buffers), and behind the H2D copy of each of the two host
-buffers. A step whose device is idle (the sync loop) replays the latter, so that the copy is a node of
-a four-node graph instead of a recorded ``copy_`` and an event ahead of the first piece.
+Copy variants (``EngineConfig.graph_copy``, with pieces): the first piece is captured three times per size:
+alone (the async loop, whose inputs arrive through staging buffers), and behind the H2D copy of each of the
+two host buffers. A step whose device is idle (the sync loop) replays the latter, so that its copy is a node
+of the graph that starts its GPU work, and the GPU runs from the copy through layer 0 without waiting for
+another launch. Every variant writes its state where the next piece reads it: the embedding and rotary
+lookups into the same tensors (``start_buffers``), and layer 0's output copied into the plain variant's.
 """
 
 from __future__ import annotations
@@ -50,21 +50,17 @@ def piece_bounds(num_layers: int, piecewise: bool = True) -> list[int]:
 class DecodeGraph:
     """The graphs of one batch size, replayed in order (one, or the pieces of ``piece_bounds``).
 
-    With ``start`` the embedding and rotary lookups are a graph of their own ahead of the pieces, and
-    ``copy_starts[k]`` is that graph again behind the H2D copy of host buffer ``k``'s inputs: a step whose
-    device is idle (the sync loop) enters the GPU through it, its copy a node of the graph (``replay(k)``)."""
+    ``copy_firsts[k]`` is the first piece again behind the H2D copy of host buffer ``k``'s inputs: a step whose
+    device is idle (the sync loop) starts through it (``replay(k)``), its copy a node of that graph."""
 
-    def __init__(self, graphs: list[torch.cuda.CUDAGraph], start: torch.cuda.CUDAGraph | None = None,
-                 copy_starts: list[torch.cuda.CUDAGraph] | None = None):
+    def __init__(self, graphs: list[torch.cuda.CUDAGraph], copy_firsts: list[torch.cuda.CUDAGraph] | None = None):
         self.graphs = graphs
-        self.start = start
-        self.copy_starts = copy_starts or []
+        self.copy_firsts = copy_firsts or []
 
     def replay(self, copy_from: int | None = None) -> None:
-        """``copy_from``: the host buffer whose inputs to copy in first (its ``copy_starts`` graph), or None."""
-        if self.start is not None:
-            (self.start if copy_from is None else self.copy_starts[copy_from]).replay()
-        for graph in self.graphs:
+        """``copy_from``: the host buffer whose inputs to copy in first (its ``copy_firsts`` graph), or None."""
+        (self.graphs[0] if copy_from is None else self.copy_firsts[copy_from]).replay()
+        for graph in self.graphs[1:]:
             graph.replay()
 
 
@@ -84,8 +80,8 @@ def capture_graphs(model, kv_cache: torch.Tensor, dev: dict, max_bs: int, max_se
 
     ``dev``: the named device buffers the graphs read (``step_inputs.layout``); ``bounds``: the layer
     boundaries of the pieces (``piece_bounds``; None: one graph); ``copy_in``: ``(device bytes, [host bytes of
-    each host buffer], used_bytes)``: a start graph per size, and one behind each host buffer's copy into the
-    device bytes (``DecodeGraph``). Blocks the host (init only). Every graph shares one memory pool: safe
+    each host buffer], used_bytes)``: the first piece again behind each host buffer's copy into the device
+    bytes (``DecodeGraph.copy_firsts``). Blocks the host (init only). Every graph shares one memory pool: safe
     because they are replayed one at a time, each size's pieces in the order of their capture, and the
     tensors passed from one piece to the next stay referenced (never handed out again).
     """
@@ -113,15 +109,14 @@ def _capture_sizes(model, kv_cache, d, sizes, bounds, max_model_len, device, cop
     graphs, pool = {}, None
     for bs in reversed(sizes):  # largest first: smaller graphs reuse its memory pool
         meta = AttentionMetadata(d["slot"][:bs], d["qsl"][:bs + 1], d["ctx"][:bs], d["bt"][:bs], 1, max_model_len)
-        # the start graph's outputs, at addresses of their own: every start graph of this size writes them
+        # the embedding and rotary lookups at addresses of their own: every variant of the first piece writes them
         start_out = model.start_buffers(bs) if copy_in is not None else None
 
-        def start(bs=bs, out=start_out):
-            return model.start(d["ids"][:bs], d["pos"][:bs], out=out)
-
-        def piece(state, i, meta=meta):
+        def piece(state, i, meta=meta, bs=bs):
             """Piece ``i`` from the previous piece's ``state`` (None: start here): the next state, or logits."""
-            state = model.run_layers(start() if state is None else state, meta, kv_cache, bounds[i], bounds[i + 1])
+            if state is None:
+                state = model.start(d["ids"][:bs], d["pos"][:bs], out=start_out)
+            state = model.run_layers(state, meta, kv_cache, bounds[i], bounds[i + 1])
             return model.compute_logits(model.finish(state)) if i == len(bounds) - 2 else state
 
         side = torch.cuda.Stream(device)
@@ -133,21 +128,28 @@ def _capture_sizes(model, kv_cache, d, sizes, bounds, max_model_len, device, cop
                     state = piece(state, i)
         torch.cuda.current_stream(device).wait_stream(side)
         torch.cuda.synchronize(device)
-        state, first, copies = None, None, []
-        if copy_in is not None:
-            dst, srcs, used_bytes = copy_in
-            n = used_bytes(bs)
-            first, pool, state = _capture(start, pool, side)
-            for src in srcs:
-                copies.append(_capture(lambda src=src: (dst[:n].copy_(src[:n], non_blocking=True), start()),
-                                       pool, side)[0])
-        pieces = []
+        pieces, copies, state = [], [], None
         for i in range(len(bounds) - 1):
             graph, pool, state = _capture(lambda i=i, state=state: piece(state, i), pool, side)
             pieces.append(graph)
-        graphs[bs] = (DecodeGraph(pieces, first, copies), state)
+            if i == 0 and copy_in is not None and len(bounds) > 2:  # (one piece: the logits; not done)
+                copies = [_capture(lambda src=src, first=state: _copy_then_first(copy_in, src, bs, piece, first),
+                                   pool, side)[0] for src in copy_in[1]]
+        graphs[bs] = (DecodeGraph(pieces, copies), state)
     torch.cuda.synchronize(device)
     return graphs
+
+
+def _copy_then_first(copy_in: tuple, src: torch.Tensor, bs: int, piece, first: tuple) -> None:
+    """What a copy variant of the first piece runs: host bytes ``src`` into the device bytes, the first piece,
+    and its output into ``first`` (the plain variant's state, which the next piece reads)."""
+    dst, _, used_bytes = copy_in
+    n = used_bytes(bs)
+    dst[:n].copy_(src[:n], non_blocking=True)
+    state = piece(None, 0)  # the lookups already write into the shared start_buffers
+    for mine, plain in zip(state[:2], first[:2]):
+        if mine.data_ptr() != plain.data_ptr():  # (the residual is the embedding buffer, updated in place)
+            plain.copy_(mine)
 
 
 def _capture(fn, pool, stream: torch.cuda.Stream):

@@ -81,7 +81,7 @@ class ModelRunner:
                 raise ValueError("cuda_graphs=True needs a CUDA device")
             if _triton_backend() is not None:  # the reference attention reads host lists: not capturable
                 self.piece_bounds = piece_bounds(len(model.layers), piecewise_graphs)
-                # graph_copy: each size's start graph also behind each host buffer's input copy (``DecodeGraph``)
+                # graph_copy: each size's first piece also behind each host buffer's input copy (``DecodeGraph``)
                 copy_in = ((self.dev_raw[0], [per_k[0] for per_k in self.host.part_raw], self.host.used_bytes)
                            if graph_copy and piecewise_graphs else None)
                 self.graphs = capture_graphs(model, kv_cache, self.dev[0], min(max_seqs, max_batch_tokens, 512),
@@ -98,9 +98,9 @@ class ModelRunner:
 
     @property
     def copy_graphs(self) -> bool:
-        """Whether idle decode steps enter the GPU through a start graph that copies their inputs in
+        """Whether idle decode steps enter the GPU through a first piece that copies their inputs in
         (``graph_copy``)."""
-        return any(graph.copy_starts for graph, _ in self.graphs.values())
+        return any(graph.copy_firsts for graph, _ in self.graphs.values())
 
     @property
     def np_views(self) -> list[dict]:
@@ -186,7 +186,7 @@ class ModelRunner:
     def forward(self, plan: StepPlan, d: dict | None = None, copy_from: int | None = None) -> torch.Tensor:
         """One forward batch from the device buffers ``d`` (default part 0, which the graphs read);
         returns the fp32 logits of its sampled rows. ``copy_from``: a decode graph step whose inputs are still
-        in host buffer ``copy_from``; its start graph copies them in (``DecodeGraph.replay``)."""
+        in host buffer ``copy_from``; its first piece copies them in (``DecodeGraph.replay``)."""
         d = self.dev[0] if d is None else d
         with torch.inference_mode():
             if plan.graph_bs:

@@ -110,10 +110,10 @@ def _profiled_forwards(engine, reqs, tmp_path):
 
 
 @pytest.mark.parametrize("graph_copy", [True, False])
-def test_sync_decode_steps_copy_their_inputs_in_the_start_graph(graph_copy, tmp_path):
-    """With ``graph_copy`` (the default) a sync decode step's input copy is a node of its start graph: no
+def test_sync_decode_steps_copy_their_inputs_in_the_first_piece(graph_copy, tmp_path):
+    """With ``graph_copy`` (the default) a sync decode step's input copy is a node of its first piece: no
     ``copy_`` on the host, and still one host-to-device copy per step on the GPU; the tokens are those of the
-    plain copy and of the async loop (which replays the start graph without the copy)."""
+    plain copy and of the async loop (which replays the first piece without the copy)."""
     engine = LLMEngine(EngineConfig(mode="sync", device="cuda", max_batch_tokens=256, max_seqs=16,
                                     graph_copy=graph_copy))
     assert engine.runner.copy_graphs == graph_copy == engine.describe()["graph_copy"]

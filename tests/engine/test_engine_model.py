@@ -170,7 +170,7 @@ def test_padded_decode_attention_is_the_reference():
 
 
 def test_start_into_given_tensors_matches_start():
-    """``start(out=...)`` (the decode graphs' start graph, captured more than once at the same addresses) gives
+    """``start(out=...)`` (the decode graphs' first piece, captured more than once writing the same tensors) gives
     ``start``'s state, in the given tensors."""
     model = CausalLM(preset_config("tiny"))
     ids, pos = torch.tensor([3, 7, 0, 511]), torch.tensor([0, 5, 9, 2])
