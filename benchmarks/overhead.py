@@ -406,21 +406,24 @@ def run_part(mode: str, cfg: dict, repeats: int, arms: tuple[str, ...] = ARMS, p
     lingering["graph_replay_us_after_everything"] = graph_replay_us(engine, cuda)
     engine_doc = engine.describe()
     engine.close()
-    by_arm = {}
-    for arm in arms:
-        mine = [p for p in passes if p["arm"] == arm]
-        mean, ci = mean_ci95([p["overhead_pct"] for p in mine])
-        by_arm[arm] = {"overhead_pct": mean, "ci95": ci, "per_repeat_pct": [p["overhead_pct"] for p in mine],
-                       "switch_ms_max": _max([p["switch_ms_max"] for p in mine])}
-        if arm != "nvml":  # where the recorded step's extra time goes, us per step, mean over the repeats
-            names = dict.fromkeys(n for p in mine for n in p["delta_us"])
-            by_arm[arm]["delta_us"] = {n: statistics.fmean(p["delta_us"][n] for p in mine if n in p["delta_us"])
-                                       for n in names}
+    by_arm = {arm: arm_summary([p for p in passes if p["arm"] == arm]) for arm in arms}
     return {"mode": mode, "steady_steps": list(cfg["steady"]), "blocks_off_warm_on": list(cfg["blocks"]),
             "abprof_window": {"first": window.first, "last": window.first + window.active - 1},
             "engine": engine_doc, "cuda": cuda, "device_name": torch.cuda.get_device_name(0) if cuda else "cpu",
             "arms": by_arm, "passes": passes, "lingering": lingering, "graph_replay_us": launches,
             "overhead_pct": by_arm["default"]["overhead_pct"], "ci95": by_arm["default"]["ci95"]}
+
+
+def arm_summary(mine: list[dict]) -> dict:
+    """One arm over its passes: the mean overhead and its 95% interval, each repeat's, and (profiler arms)
+    where the recorded step's extra time goes, us per step, mean over the repeats."""
+    mean, ci = mean_ci95([p["overhead_pct"] for p in mine])
+    out = {"overhead_pct": mean, "ci95": ci, "per_repeat_pct": [p["overhead_pct"] for p in mine],
+           "switch_ms_max": _max([p["switch_ms_max"] for p in mine])}
+    if all("delta_us" in p for p in mine):  # (not the nvml arm's pairs, nor passes from before the phases)
+        names = dict.fromkeys(n for p in mine for n in p["delta_us"])
+        out["delta_us"] = {n: statistics.fmean(p["delta_us"][n] for p in mine if n in p["delta_us"]) for n in names}
+    return out
 
 
 def _max(xs):
@@ -444,6 +447,37 @@ def environment(dry: bool) -> dict:
     return env
 
 
+def pool(docs: list[dict], names: list[str]) -> dict:
+    """One document from several runs' (the same code, several device calls): per loop, every run's passes
+    (repeats renumbered in order), each arm's mean and interval over all of them; the rest of the loop's
+    document (engine, lingering, launches) from its first run; ``sources`` says which run gave what."""
+    out = {"environment": dict(docs[0]["environment"]), "sources": []}
+    for name, doc in zip(names, docs):
+        out["sources"].append({"file": name, "date_utc": doc["environment"]["date_utc"],
+                               "command": doc.get("command"),
+                               "loops": {m: {"repeats": len({p["repeat"] for p in doc[m]["passes"]}),
+                                             "overhead_pct": doc[m]["overhead_pct"], "ci95": doc[m]["ci95"]}
+                                         for m in ("sync", "async") if "arms" in doc.get(m, {})}})
+        for key in ("gpu", "driver", "torch", "cuda"):
+            if doc["environment"].get(key) != out["environment"].get(key):
+                raise ValueError(f"{name}: {key} {doc['environment'].get(key)} differs from the first file's")
+    out["environment"]["date_utc"] = ", ".join(s["date_utc"] for s in out["sources"])
+    modes = [m for m in ("sync", "async") if any("arms" in d.get(m, {}) for d in docs)]
+    for mode in modes:
+        runs = [d[mode] for d in docs if "arms" in d.get(mode, {})]
+        part = {k: v for k, v in runs[0].items() if k not in ("arms", "passes")}
+        passes, offset = [], 0
+        for run in runs:
+            passes += [{**p, "repeat": p["repeat"] + offset} for p in run["passes"]]
+            offset = max(p["repeat"] for p in passes) + 1
+        by_arm = {arm: arm_summary([p for p in passes if p["arm"] == arm])
+                  for arm in dict.fromkeys(p["arm"] for p in passes)}
+        out[mode] = {**part, "arms": by_arm, "passes": passes, "overhead_pct": by_arm["default"]["overhead_pct"],
+                     "ci95": by_arm["default"]["ci95"]}
+    out["summary"] = {m: {"overhead_pct": out[m]["overhead_pct"], "ci95": out[m]["ci95"]} for m in modes}
+    return out
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True)
@@ -460,7 +494,21 @@ def main(argv=None) -> int:
     p.add_argument("--gpu-time", action="store_true",
                    help="diagnosis: also each step's device time, from two timing CUDA events per step (GpuClock)")
     p.add_argument("--timeout", type=int, default=280, help="seconds per loop's process")
+    p.add_argument("--pool", nargs="+", metavar="JSON",
+                   help="no run: pool the repeats of these overhead.json files (the same code, several device "
+                        "calls) into OUT/overhead.json and overhead.md")
     args = p.parse_args(argv)
+    if args.pool:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        try:
+            doc = pool([json.loads(Path(f).read_text()) for f in args.pool], args.pool)
+        except (OSError, ValueError, KeyError) as e:
+            p.error(f"cannot pool {' '.join(args.pool)}: {e}")
+        doc["command"] = " ".join(["python3", "benchmarks/overhead.py", *(argv or sys.argv[1:])])
+        (out / "overhead.json").write_text(json.dumps(doc, indent=1))
+        (out / "overhead.md").write_text(markdown(doc, (__doc__ or "").split("Method. ", 1)[1].strip(), PROFILER_ARMS))
+        return 0
     cfg = PRESETS["dry" if args.dry_run else "full"]
     repeats = args.repeats or cfg["repeats"]
     out = Path(args.out)

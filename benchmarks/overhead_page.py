@@ -17,7 +17,7 @@ def markdown(doc: dict, method: str, profiler_arms: tuple[str, ...]) -> str:
     lines = ["# The cost of measuring: profiler and NVML overhead per profiled step", "",
              f"- GPU: {env['gpu']}, driver {env['driver']}, CUDA {env['cuda']}, torch {env['torch']}, "
              f"Python {env['python']}; {env['date_utc']}" + (" — DRY RUN (CPU, tiny preset)" if env["dry_run"] else ""),
-             f"- Command: `{doc['command']}`", "", method, "",
+             f"- Command: `{doc['command']}`"] + _sources(doc) + ["", method, "",
              "| loop | arm | overhead per recorded step (mean) | 95% CI | per repeat | start/stop ms (max) |",
              "|---|---|---|---|---|---|"]
     modes = list(doc.get("summary", ("sync", "async")))
@@ -59,6 +59,18 @@ def markdown(doc: dict, method: str, profiler_arms: tuple[str, ...]) -> str:
                      f"{_f(ling['first_profiler_start_stop_s'], '.2f')} | {_f(a['window_start_stop_ms_max'], '.0f')} | "
                      f"{_f(a['stop_and_export_s'], '.2f')} |")
     return "\n".join(lines) + "\n"
+
+
+def _sources(doc: dict) -> list[str]:
+    """A pooled document's runs (``overhead.py --pool``): each one's file, time and own figures."""
+    out = []
+    for src in doc.get("sources", []):
+        loops = "; ".join(f"{m} {v['overhead_pct']:+.2f}% {fmt_ci(v['ci95'])} ({v['repeats']} repeats)"
+                          for m, v in src["loops"].items())
+        out.append(f"- Pooled: `{src['file']}`, {src['date_utc']}, `{src['command']}`: {loops}")
+    if out:
+        out.append("- The first table pools every repeat of these runs; the tables after it are each loop's first run's")
+    return out
 
 
 def _delta_table(parts) -> list[str]:

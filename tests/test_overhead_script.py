@@ -83,6 +83,31 @@ def test_dry_run_splits_the_extra_time_into_phases(dry_run):
     assert "| sync | default | " in (out / "overhead.md").read_text().split("Where a recorded step's extra time")[1]
 
 
+def test_pool_joins_the_repeats_of_several_runs(dry_run, tmp_path):
+    """``--pool``: the repeats of several runs in one interval (more repeats, same mean when the runs agree),
+    each run's own figures listed; runs from another GPU or torch are refused in one line."""
+    out, doc = dry_run
+    ov = load("overhead")
+    first = tmp_path / "a.json"
+    first.write_text(json.dumps(doc))
+    assert ov.main(["--out", str(tmp_path / "pooled"), "--pool", str(first), str(out / "overhead.json")]) == 0
+    pooled = json.loads((tmp_path / "pooled" / "overhead.json").read_text())
+    for mode in ("sync", "async"):
+        mine, both = doc[mode]["arms"]["default"], pooled[mode]["arms"]["default"]
+        assert both["per_repeat_pct"] == mine["per_repeat_pct"] * 2
+        assert both["overhead_pct"] == pytest.approx(mine["overhead_pct"])
+        assert both["ci95"][1] - both["ci95"][0] < mine["ci95"][1] - mine["ci95"][0]
+        assert pooled["summary"][mode]["ci95"] == both["ci95"]
+        assert len({p["repeat"] for p in pooled[mode]["passes"]}) == 2 * len({p["repeat"] for p in doc[mode]["passes"]})
+    md = (tmp_path / "pooled" / "overhead.md").read_text()
+    assert md.count("- Pooled: ") == 2
+    other = tmp_path / "b.json"
+    other.write_text(json.dumps({**doc, "environment": {**doc["environment"], "torch": "0.0"}}))
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "overhead.py"), "--out", str(tmp_path / "x"),
+                           "--pool", str(first), str(other)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "torch 0.0 differs" in proc.stderr and "Traceback" not in proc.stderr
+
+
 def test_graph_cupti_page_shows_the_lost_records_under_teardown(tmp_path):
     gc = load("graph_cupti")
     runs = [REPO / "reports" / "h200" / "graph-cupti.json", REPO / "reports" / "h200" / "graph-cupti-teardown.json"]
