@@ -82,7 +82,8 @@ def capture_graphs(model, kv_cache: torch.Tensor, dev: dict, max_bs: int, max_se
     boundaries of the pieces (``piece_bounds``; None: one graph); ``copy_in``: ``(device bytes, [host bytes of
     each host buffer], used_bytes)``: the first piece again behind each host buffer's copy into the device
     bytes (``DecodeGraph.copy_firsts``). Blocks the host (init only). Every graph shares one memory pool: safe
-    because they are replayed one at a time, each size's pieces in the order of their capture, and the
+    because they are replayed one at a time, each size's pieces in the order of their capture (a copy variant in
+    place of the first piece, its own tensors dead once it has written the first piece's state), and the
     tensors passed from one piece to the next stay referenced (never handed out again).
     """
     d = dev
@@ -132,7 +133,7 @@ def _capture_sizes(model, kv_cache, d, sizes, bounds, max_model_len, device, cop
         for i in range(len(bounds) - 1):
             graph, pool, state = _capture(lambda i=i, state=state: piece(state, i), pool, side)
             pieces.append(graph)
-            if i == 0 and copy_in is not None and len(bounds) > 2:  # (one piece: the logits; not done)
+            if i == 0 and copy_in is not None and len(bounds) > 2:  # (one piece ends in the logits: no variants)
                 copies = [_capture(lambda src=src, first=state: _copy_then_first(copy_in, src, bs, piece, first),
                                    pool, side)[0] for src in copy_in[1]]
         graphs[bs] = (DecodeGraph(pieces, copies), state)
