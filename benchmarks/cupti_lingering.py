@@ -109,7 +109,7 @@ def run_part(mode: str, variant: str, cfg: dict, clean_passes: int) -> dict:
     from asyncbatch_prof.capture.profiler import StepProfiler, warm_up_profiler
 
     v = VARIANTS[variant]
-    engine, requests, window, cuda = warmed_engine(mode, cfg, v["piecewise"])
+    engine, requests, window, cuda = warmed_engine(mode, cfg, {"piecewise_graphs": v["piecewise"]})
     clock = PhaseClock({"launch": (engine.runner, "launch"), "wait": (engine.runner, "wait")})
     lo, hi = window.first, window.first + window.active
     steady = cfg["steady"]

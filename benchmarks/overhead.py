@@ -352,9 +352,10 @@ def abprof_like_pass(engine, requests, window, cuda: bool, tmp: Path) -> dict:
     return {"window_start_stop_ms_max": 1e3 * max(calls), "stop_and_export_s": export_s}
 
 
-def warmed_engine(mode: str, cfg: dict, piecewise: bool = True, graph_copy: bool = True):
-    """The preset's engine, warmed up as abprof run warms it (engine steps, one unprofiled pass), its workload
-    and abprof run's default profile window for it: ``(engine, requests, window, cuda)``."""
+def warmed_engine(mode: str, cfg: dict, engine_options: dict | None = None):
+    """The preset's engine (``engine_options``: more ``EngineConfig`` fields), warmed up as abprof run warms it
+    (engine steps, one unprofiled pass), its workload and abprof run's default profile window for it:
+    ``(engine, requests, window, cuda)``."""
     from asyncbatch_prof.capture.profiler import ProfileWindow
     from asyncbatch_prof.pipeline.plan import default_window
     from reference_engine import EngineConfig, LLMEngine, WorkloadConfig, make_workload
@@ -363,19 +364,18 @@ def warmed_engine(mode: str, cfg: dict, piecewise: bool = True, graph_copy: bool
     first, active = default_window(workload, cfg["max_batch_tokens"], cfg["max_seqs"], WARMUP_STEPS)
     window = ProfileWindow(wait=first - WARMUP_STEPS, warmup=WARMUP_STEPS, active=active)
     engine = LLMEngine(EngineConfig(model=cfg["model"], mode=mode, max_seqs=cfg["max_seqs"],
-                                    max_batch_tokens=cfg["max_batch_tokens"], seed=0, piecewise_graphs=piecewise,
-                                    graph_copy=graph_copy))
+                                    max_batch_tokens=cfg["max_batch_tokens"], seed=0, **(engine_options or {})))
     requests = make_workload(WorkloadConfig(**workload), vocab_size=engine.vocab_size)
     engine.warmup()
     engine.generate(requests)  # abprof run's unprofiled warm-up pass
     return engine, requests, window, engine.device.type == "cuda"
 
 
-def run_part(mode: str, cfg: dict, repeats: int, arms: tuple[str, ...] = ARMS, piecewise: bool = True,
-             graph_copy: bool = True, gpu_time: bool = False) -> dict:
+def run_part(mode: str, cfg: dict, repeats: int, arms: tuple[str, ...] = ARMS, engine_options: dict | None = None,
+             gpu_time: bool = False) -> dict:
     import torch
 
-    engine, requests, window, cuda = warmed_engine(mode, cfg, piecewise, graph_copy)
+    engine, requests, window, cuda = warmed_engine(mode, cfg, engine_options)
     lingering = {"graph_replay_us_before_any_profiler": graph_replay_us(engine, cuda),
                  "passes_before_ms": [steady_median_ms(engine.generate(requests), cfg) for _ in range(3)]}
     from asyncbatch_prof.capture.profiler import warm_up_profiler
@@ -516,8 +516,8 @@ def main(argv=None) -> int:
         arms = tuple(a for a in ARMS if a in args.arms)
         if "default" not in arms:
             p.error("--arms must include default")
-        doc = run_part(args.part, cfg, repeats, arms, piecewise=not args.one_graph, graph_copy=not args.no_graph_copy,
-                       gpu_time=args.gpu_time)
+        options = {"piecewise_graphs": not args.one_graph, "graph_copy": not args.no_graph_copy}
+        doc = run_part(args.part, cfg, repeats, arms, options, gpu_time=args.gpu_time)
         (out / f".overhead-{args.part}.json").write_text(json.dumps(doc))
         return 0
     out.mkdir(parents=True, exist_ok=True)
