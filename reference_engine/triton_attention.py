@@ -59,6 +59,12 @@ def _next_pow2(x: int) -> int:
 if triton is not None:
 
     @triton.jit
+    def _cache_slot(c_ptr, slot, offs_h, offs_d, stride_b, stride_s, stride_h, BLOCK_SIZE: tl.constexpr):
+        """Pointers to heads ``offs_h`` (rows) × dims ``offs_d`` of a paged cache's slot ``slot`` (int64)."""
+        return (c_ptr + (slot // BLOCK_SIZE) * stride_b + (slot % BLOCK_SIZE) * stride_s
+                + offs_h[:, None] * stride_h + offs_d[None, :])
+
+    @triton.jit
     def _store_kv_kernel(k_ptr, v_ptr, kc_ptr, vc_ptr, slot_ptr,
                          stride_kt, stride_kh, stride_vt, stride_vh,
                          stride_kcb, stride_kcs, stride_kch, stride_vcb, stride_vcs, stride_vch,
@@ -66,16 +72,14 @@ if triton is not None:
                          BLOCK_H: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_SIZE: tl.constexpr):
         t = tl.program_id(0)
         slot = tl.load(slot_ptr + t).to(tl.int64)
-        blk = slot // BLOCK_SIZE
-        off = slot % BLOCK_SIZE
         offs_h = tl.arange(0, BLOCK_H)
         offs_d = tl.arange(0, BLOCK_D)
         mask = (offs_h[:, None] < NUM_KV_HEADS) & (offs_d[None, :] < HEAD_DIM) & (slot >= 0)
         t64 = t.to(tl.int64)
         k = tl.load(k_ptr + t64 * stride_kt + offs_h[:, None] * stride_kh + offs_d[None, :], mask=mask)
         v = tl.load(v_ptr + t64 * stride_vt + offs_h[:, None] * stride_vh + offs_d[None, :], mask=mask)
-        kc = kc_ptr + blk * stride_kcb + off * stride_kcs + offs_h[:, None] * stride_kch + offs_d[None, :]
-        vc = vc_ptr + blk * stride_vcb + off * stride_vcs + offs_h[:, None] * stride_vch + offs_d[None, :]
+        kc = _cache_slot(kc_ptr, slot, offs_h, offs_d, stride_kcb, stride_kcs, stride_kch, BLOCK_SIZE)
+        vc = _cache_slot(vc_ptr, slot, offs_h, offs_d, stride_vcb, stride_vcs, stride_vch, BLOCK_SIZE)
         tl.store(kc, k.to(kc_ptr.dtype.element_ty), mask=mask)
         tl.store(vc, v.to(vc_ptr.dtype.element_ty), mask=mask)
 

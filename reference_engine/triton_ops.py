@@ -24,6 +24,9 @@ import torch
 
 from reference_engine.triton_attention import _next_pow2, available, tl, triton
 
+if triton is not None:
+    from reference_engine.triton_attention import _cache_slot
+
 __all__ = ["available", "rms_norm", "add_rms_norm", "rope_", "rope_store_kv_", "silu_mul"]
 
 
@@ -91,18 +94,16 @@ if triton is not None:
                                      num_heads, HALF, BLOCK_D)
         offs_d = tl.arange(0, BLOCK_D)
         slot = tl.load(slot_ptr + t).to(tl.int64)
-        blk = slot // BLOCK_SIZE
-        off = slot % BLOCK_SIZE
         kh = offs_h - num_q_heads  # the key heads follow the query heads
         kmask = mask & (kh[:, None] >= 0) & (slot >= 0)
-        kc = kc_ptr + blk * stride_kcb + off * stride_kcs + kh[:, None] * stride_kch + offs_d[None, :]
+        kc = _cache_slot(kc_ptr, slot, kh, offs_d, stride_kcb, stride_kcs, stride_kch, BLOCK_SIZE)
         tl.store(kc, r1.to(kc_ptr.dtype.element_ty), mask=kmask)
         tl.store(kc + HALF, r2.to(kc_ptr.dtype.element_ty), mask=kmask)
         if tl.program_id(1) == 0:  # the value heads, by the first head block's program
             offs_v = tl.arange(0, BLOCK_KV)
             vmask = (offs_v[:, None] < NUM_KV_HEADS) & (offs_d[None, :] < HALF) & (slot >= 0)
             pv = v_ptr + t * stride_vt + offs_v[:, None] * stride_vh + offs_d[None, :]
-            vc = vc_ptr + blk * stride_vcb + off * stride_vcs + offs_v[:, None] * stride_vch + offs_d[None, :]
+            vc = _cache_slot(vc_ptr, slot, offs_v, offs_d, stride_vcb, stride_vcs, stride_vch, BLOCK_SIZE)
             tl.store(vc, tl.load(pv, mask=vmask).to(vc_ptr.dtype.element_ty), mask=vmask)
             tl.store(vc + HALF, tl.load(pv + HALF, mask=vmask).to(vc_ptr.dtype.element_ty), mask=vmask)
 
@@ -146,16 +147,22 @@ def _norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, 
     return out.view(x.shape)
 
 
+def _rope_launch(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, t: int):
+    """What the rotary kernels share: ``cos``/``sin`` as ``[rows, D]``, the grid for ``t`` tokens of ``x``'s
+    heads, and the head and dim blocks."""
+    heads, d = x.shape[1], x.shape[2]
+    block_h = min(16, _next_pow2(heads))
+    return (cos.reshape(cos.shape[0], d), sin.reshape(sin.shape[0], d), (t, triton.cdiv(heads, block_h)),
+            dict(HALF=d // 2, BLOCK_H=block_h, BLOCK_D=_next_pow2(d // 2), num_warps=4))
+
+
 def rope_(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate ``x`` ``[T, heads, D]`` (last dim contiguous) in place; ``cos``/``sin`` ``[T, 1, D]`` fp32."""
     t, heads, d = x.shape
     assert x.stride(-1) == 1 and cos.shape[0] == t and sin.shape[0] == t and d % 2 == 0
-    cos2, sin2 = cos.reshape(t, d), sin.reshape(t, d)
     if t:
-        block_h = min(16, _next_pow2(heads))
-        _rope_kernel[(t, triton.cdiv(heads, block_h))](x, cos2, sin2, x.stride(0), x.stride(1), cos2.stride(0),
-                                                       sin2.stride(0), heads, HALF=d // 2, BLOCK_H=block_h,
-                                                       BLOCK_D=_next_pow2(d // 2), num_warps=4)
+        cos2, sin2, grid, blocks = _rope_launch(x, cos, sin, t)
+        _rope_kernel[grid](x, cos2, sin2, x.stride(0), x.stride(1), cos2.stride(0), sin2.stride(0), heads, **blocks)
     return x
 
 
@@ -169,15 +176,13 @@ def rope_store_kv_(x: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: tor
     t, kv_heads = slot_mapping.shape[0], k_cache.shape[2]
     assert x.stride(-1) == 1 and v.stride(-1) == 1 and d % 2 == 0 and t <= p and v.shape[1] == kv_heads
     assert k_cache.stride(-1) == 1 and v_cache.stride(-1) == 1 and k_cache.shape[-1] == d
-    cos2, sin2 = cos.reshape(cos.shape[0], d), sin.reshape(sin.shape[0], d)
     if t:
-        block_h = min(16, _next_pow2(heads))
-        _rope_store_kv_kernel[(t, triton.cdiv(heads, block_h))](
+        cos2, sin2, grid, blocks = _rope_launch(x, cos, sin, t)
+        _rope_store_kv_kernel[grid](
             x, v, cos2, sin2, k_cache, v_cache, slot_mapping, x.stride(0), x.stride(1), v.stride(0), v.stride(1),
             cos2.stride(0), sin2.stride(0), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
             v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), heads - kv_heads, heads,
-            NUM_KV_HEADS=kv_heads, HALF=d // 2, BLOCK_H=block_h, BLOCK_D=_next_pow2(d // 2),
-            BLOCK_KV=_next_pow2(kv_heads), BLOCK_SIZE=k_cache.shape[1], num_warps=4)
+            NUM_KV_HEADS=kv_heads, BLOCK_KV=_next_pow2(kv_heads), BLOCK_SIZE=k_cache.shape[1], **blocks)
     return x
 
 
