@@ -8,6 +8,7 @@ The only file written here is the trace, by the profiler, through a temporary na
 
 from __future__ import annotations
 
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -46,6 +47,7 @@ class Capture:
     model: dict[str, Any]
     notes: list[str]
     overhead: dict[str, Any] | None  # unprofiled tokens/s and wall s, when measured
+    unprofiled_spans: list | None = None  # the unprofiled pass's step (start, end) s, when measured
 
     def profiled_steps(self, window: ProfileWindow) -> list[int] | None:
         """``[first, last]`` recorded engine steps of this run, None if the window was never reached."""
@@ -107,4 +109,25 @@ def record(engine, requests: list, settings: RecordSettings, trace_path: Path,
         nvml_samples=sampler.snapshot(), nvml=nvml_metrics(sampler, start_us, end_us, result.output_tokens),
         nvml_status=sampler.status(), environment=env, profiler=profiler.describe(),
         model=engine.describe(),  # engines that size themselves on the workload know more now
-        notes=notes, overhead=overhead)
+        notes=notes, overhead=overhead, unprofiled_spans=plain.step_spans_s if settings.measure_overhead else None)
+
+
+def window_step_overhead(spans: list, unprofiled_spans: list | None, steps: list[int] | None) -> dict[str, Any]:
+    """The profiled window's steps against the same steps of the unprofiled pass (``--measure-overhead``), from
+    each pass's step (start, end) times: ``{"window_step_overhead_pct": 100 × (median over the steps of profiled
+    / unprofiled wall time − 1), "window_steps_compared": n}``, or ``{"window_step_overhead_reason": why not}``.
+    Step ``k`` holds the same batch in both passes when they scheduled alike (as many steps). One pair of
+    passes: benchmarks/overhead.py gives an interval, comparing blocks of steps within passes."""
+    if steps is None:
+        return {"window_step_overhead_reason": "no profiled window"}
+    if not spans or not unprofiled_spans:
+        return {"window_step_overhead_reason": "the engine does not report its step times"}
+    if len(spans) != len(unprofiled_spans):
+        return {"window_step_overhead_reason": f"the passes scheduled differently ({len(unprofiled_spans)} steps "
+                                               f"unprofiled, {len(spans)} profiled)"}
+    ratios = [(spans[k][1] - spans[k][0]) / (unprofiled_spans[k][1] - unprofiled_spans[k][0])
+              for k in range(steps[0], min(steps[1] + 1, len(spans))) if unprofiled_spans[k][1] > unprofiled_spans[k][0]]
+    if not ratios:
+        return {"window_step_overhead_reason": "no step of the window in both passes"}
+    return {"window_step_overhead_pct": round(100 * (statistics.median(ratios) - 1), 3),
+            "window_steps_compared": len(ratios)}

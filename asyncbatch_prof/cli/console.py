@@ -87,6 +87,9 @@ def summary_table(labels: Sequence[str], docs: Sequence[dict[str, Any]]) -> tupl
         table.add_row("tokens/s unprofiled", *[format_value("tokens_per_s", o.get("unprofiled_tokens_per_s")) if o else "—"
                                               for o in overheads])
         table.add_row("profiler overhead %", *[f"{o['overhead_pct']:.1f}" if o else "—" for o in overheads])
+        table.add_row("  per window step %", *[f"{o['window_step_overhead_pct']:.1f}"
+                                               if o and o.get("window_step_overhead_pct") is not None else "—"
+                                               for o in overheads])
     notes = [f"— {', '.join(sorted(names))}: {reason}" for reason, names in reasons.items()]
     return table, notes
 

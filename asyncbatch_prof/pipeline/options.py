@@ -100,7 +100,8 @@ class RunOptions:
                               "for its shapes).", panel=PROFILING)
     with_stack: bool = option(False, "Record Python stacks (costs time).", names=("--with-stack",), panel=PROFILING)
     measure_overhead: bool = option(False, "Run the workload unprofiled first and report tokens/s with and "
-                                    "without the profiler.", names=("--measure-overhead",), panel=PROFILING)
+                                    "without the profiler, and the profiled window's steps against the same "
+                                    "steps unprofiled.", names=("--measure-overhead",), panel=PROFILING)
     repeats: int = option(1, "Measured (profiled) passes per mode; with --mode both the modes alternate. "
                           "metrics.json holds the medians and their spread.", panel=PROFILING)
     nvml: bool = option(True, "Sample the GPU with NVML.", names=("--nvml/--no-nvml",), panel=PROFILING)

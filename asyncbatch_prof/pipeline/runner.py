@@ -18,7 +18,7 @@ from asyncbatch_prof import __version__
 from asyncbatch_prof import runfolder as rf
 from asyncbatch_prof.analysis.run_metrics import build_metrics_doc
 from asyncbatch_prof.capture.nvml import nvml_csv
-from asyncbatch_prof.capture.recorder import Capture, StepCallback, record
+from asyncbatch_prof.capture.recorder import Capture, StepCallback, record, window_step_overhead
 from asyncbatch_prof.engines import tokens_digest
 from asyncbatch_prof.errors import AbprofError
 from asyncbatch_prof.pipeline.outcome import RunOutcome, check_rejected, jsonable, now_iso
@@ -130,7 +130,9 @@ def _finish(spec: RunSpec, run_dir: Path, run_doc: dict, capture: Capture) -> Ru
         profiled_tps = result.output_tokens / result.wall_s
         overhead.update(profiled_tokens_per_s=round(profiled_tps, 3), profiled_wall_s=round(result.wall_s, 6),
                         overhead_pct=round(100 * (1 - profiled_tps / overhead["unprofiled_tokens_per_s"]), 3),
-                        profiled_steps=profiled)
+                        profiled_steps=profiled,
+                        **window_step_overhead(getattr(result, "step_spans_s", None) or [], capture.unprofiled_spans,
+                                               profiled))
     from asyncbatch_prof.analysis import analyze
 
     analysis = analyze(capture.trace_path, tool_version=__version__)  # the one parse of this trace

@@ -90,6 +90,23 @@ def test_capture_cli_profiles_the_window(tmp_path, cli, no_nvml):
     assert overhead["unprofiled_tokens_per_s"] > 0 and overhead["profiled_tokens_per_s"] == doc["metrics"][
         "tokens_per_s"]
     assert "profiler overhead %" in result.output
+    # the window's three steps against the same steps of the unprofiled pass, which scheduled alike
+    assert overhead["window_steps_compared"] == 3 and isinstance(overhead["window_step_overhead_pct"], float)
+    assert "per window step %" in result.output
+
+
+def test_window_step_overhead_compares_the_same_steps():
+    from asyncbatch_prof.capture.recorder import window_step_overhead
+
+    plain = [(0.0, 1.0), (1.0, 3.0), (3.0, 4.0), (4.0, 8.0)]
+    profiled = [(0.0, 1.5), (1.5, 3.7), (3.7, 4.8), (4.8, 9.0)]
+    got = window_step_overhead(profiled, plain, [1, 3])
+    # step 1: 2.2 / 2 = 1.1, step 2: 1.1 / 1 = 1.1, step 3: 4.2 / 4 = 1.05 → median 1.1
+    assert got == {"window_step_overhead_pct": 10.0, "window_steps_compared": 3}
+    assert "scheduled differently (4 steps unprofiled, 3 profiled)" in \
+        window_step_overhead(profiled[:3], plain, [1, 2])["window_step_overhead_reason"]
+    assert "step times" in window_step_overhead([], plain, [1, 2])["window_step_overhead_reason"]
+    assert window_step_overhead(profiled, plain, None) == {"window_step_overhead_reason": "no profiled window"}
 
 
 def test_capture_cli_async_with_nvml(tmp_path, cli, fake_nvml):
