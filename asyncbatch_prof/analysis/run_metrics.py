@@ -11,7 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 from asyncbatch_prof.analysis.contract import METRICS
+from asyncbatch_prof.analysis.result import NO_GPU
 from asyncbatch_prof.analysis.serving import serving_metrics
+
+# what a CPU run's trace lacks, said where its idle and overlap shares are absent
+CPU_RUN = NO_GPU + " (a CPU run: these shares are measured against GPU activity; run on a GPU for them)"
 
 
 def merge(doc: dict[str, Any], metrics: dict[str, Any], absent: dict[str, str]) -> None:
@@ -49,4 +53,6 @@ def build_metrics_doc(trace_doc: dict[str, Any], result, nvml: tuple, run_doc: d
                   "model": run_doc.get("model", {}).get("model"), "notes": run_doc.get("notes", [])}
     if overhead is not None:
         doc["profiler_overhead"] = overhead
+    if run_doc.get("model", {}).get("device") == "cpu":
+        doc["absent"] = {name: CPU_RUN if why == NO_GPU else why for name, why in doc["absent"].items()}
     return doc

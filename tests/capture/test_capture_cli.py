@@ -82,6 +82,9 @@ def test_capture_cli_profiles_the_window(tmp_path, cli, no_nvml):
     run = json.loads((out / rf.RUN_JSON).read_text())
     assert run["profiled_steps"] == [2, 4] and run["nvml"]["available"] is False
     assert "pynvml" in doc["absent"]["nvml_util_pct"] and "pynvml" in run["nvml"]["reason"]
+    # a CPU run says why its GPU shares are absent, in its own words
+    assert doc["absent"]["gpu_idle_pct"].startswith("no GPU activity in trace (a CPU run:")
+    assert "a CPU run" in " ".join(result.output.split())  # (the terminal may wrap the note)
     with gzip.open(out / rf.TRACE, "rt") as f:
         events = json.load(f)["traceEvents"]
     steps = [e for e in events if e.get("name") == "abprof.step" and e.get("ph") == "X"]
