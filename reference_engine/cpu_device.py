@@ -16,6 +16,7 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import os
+import time
 
 import torch
 from torch.profiler import record_function
@@ -57,6 +58,8 @@ class CpuDevice:
                         if worker_thread else None)
         self._copy_done: list[concurrent.futures.Future | None] = [None, None]
         self.streams: list = [None]
+        # per launched step: (hand-over start, hand-over end, work start, work end), epoch ns (``device_spans_ns``)
+        self.spans: list[tuple[int, int, int, int]] = []
 
     def copy_pending(self, k: int) -> concurrent.futures.Future | None:
         """The worker step still reading host buffer ``k``, or None when it is done."""
@@ -66,12 +69,22 @@ class CpuDevice:
     def launch(self, plan: StepPlan) -> StepHandle:
         """Inline: run the step now. Worker: submit it and return at once."""
         if self._worker is None:
+            t0 = time.time_ns()
             tokens = self._device_step(plan, annotate=True)
+            self.spans.append((t0, t0, t0, time.time_ns()))  # inline: handed over as it starts
             return StepHandle(plan, None, tokens)
         with record_function("abprof.forward"):
-            future = self._worker.submit(self._device_step, plan, False)
+            future = self._worker.submit(self._timed_step, plan, time.time_ns())
         self._copy_done[plan.buf] = future
         return StepHandle(plan, future)
+
+    def _timed_step(self, plan: StepPlan, handed_ns: int) -> torch.Tensor:
+        """The worker's step, recorded in ``spans`` with the time the host handed it over."""
+        t0 = time.time_ns()
+        try:
+            return self._device_step(plan, False)
+        finally:
+            self.spans.append((handed_ns, handed_ns, t0, time.time_ns()))
 
     def finish(self, handle: StepHandle) -> list[int]:
         """The step's tokens (blocks on the worker's future; call inside a wait)."""

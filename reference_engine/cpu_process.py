@@ -13,9 +13,10 @@ step as they are then (the parent's copies are no longer written). The two host 
 memory: the host prepares step N+1 into one while the child reads step N's inputs from the other, and
 ``copy_pending`` keeps the host from rewriting a buffer whose step has not finished (the runner's
 ``wait_buffer``). A step goes to the child as its ``StepPlan`` through a pipe, and its sampled tokens come
-back the same way, in launch order. The child's work is not in the parent's profile, as a GPU's kernels
-are not CPU ops: the host's side (``abprof.forward`` around the hand-over, ``abprof.sync_wait`` around
-the wait for the tokens) is.
+back the same way, in launch order, with when the child worked on it (``spans``, epoch ns: one clock for both
+processes). The child's work is not in the parent's profile, as a GPU's kernels are not CPU ops: the host's
+side (``abprof.forward`` around the hand-over, ``abprof.sync_wait`` around the wait for the tokens) is, and
+abprof run adds the child's steps to the trace from ``spans`` (``GenerateResult.device_spans_ns``).
 """
 
 from __future__ import annotations
@@ -95,6 +96,9 @@ class CpuProcessDevice:
         self._launched, self._received = 0, 0
         self._results: dict[int, list[int]] = {}
         self._buffer_step = [-1, -1]  # the step reading host buffer k
+        self._handed: dict[int, tuple[int, int]] = {}  # step → the hand-over's start and end, epoch ns
+        # per step whose tokens came back: (hand-over start, hand-over end, work start, work end), epoch ns
+        self.spans: list[tuple[int, int, int, int]] = []
         self._finalizer = weakref.finalize(self, _stop, self._proc, self._conn)
 
     def configure(self, params, seed: int) -> None:
@@ -107,9 +111,11 @@ class CpuProcessDevice:
 
     def launch(self, plan: StepPlan) -> StepHandle:
         """Hand the step to the child and return at once."""
+        t0 = time.time_ns()
         with record_function("abprof.forward"):
             self._send(("step", plan))
         step = self._launched
+        self._handed[step] = (t0, time.time_ns())
         self._launched += 1
         self._buffer_step[plan.buf] = step
         return StepHandle(plan, step, step=step)
@@ -135,7 +141,9 @@ class CpuProcessDevice:
                 raise DeviceProcessError(f"the device process died (exit code {self._exit_code()})") from None
             if kind == "error":
                 raise DeviceProcessError(f"the device process failed a step:\n{value}")
-            self._results[self._received] = value
+            tokens, (_, _, start, end) = value
+            self._results[self._received] = tokens
+            self.spans.append((*self._handed.pop(self._received), start, end))
             self._received += 1
 
     def _send(self, msg) -> None:
@@ -188,4 +196,4 @@ def _serve(worker, conn, parent_end) -> None:
         except Exception:  # noqa: BLE001 - reported to the parent, which raises it
             conn.send(("error", traceback.format_exc()))
             continue
-        conn.send(("tokens", tokens))
+        conn.send(("tokens", (tokens, worker.spans.pop())))  # with when the child worked on it (epoch ns)

@@ -154,6 +154,9 @@ class LLMEngine:
                               self.max_model_len, self.eos_token_id)
         scheduler.add(seqs, self.vocab_size)
         loop = run_async if cfg.mode == "async" else run_sync
+        device_spans = getattr(runner.device_side, "spans", None)  # CPU device sides: when each step ran
+        if device_spans is not None:
+            device_spans.clear()
         start_epoch_ns = time.time_ns()
         t0 = time.perf_counter()
 
@@ -169,7 +172,7 @@ class LLMEngine:
                 torch.cuda.synchronize(self.device)
         self.last_scheduler = scheduler
         return GenerateResult(records, wall, sum(len(r.output_token_ids) for r in records), len(spans),
-                              start_epoch_ns, step_spans_s=spans)
+                              start_epoch_ns, step_spans_s=spans, device_spans_ns=list(device_spans or []))
 
     def _follow(self, on_step) -> GenerateResult:
         start_epoch_ns, t0 = time.time_ns(), time.perf_counter()

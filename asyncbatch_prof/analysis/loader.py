@@ -41,6 +41,8 @@ CAT_CODES = {
     "kernel": KERNEL, "Kernel": KERNEL, "gpu_memcpy": MEMCPY, "Memcpy": MEMCPY, "gpu_memset": MEMSET,
     "Memset": MEMSET, "cuda_runtime": RUNTIME, "Runtime": RUNTIME, "Operator": CPU_OP, "cuda_driver": DRIVER, "cpu_op": CPU_OP,
     "user_annotation": USER_ANNOTATION, "python_function": PYTHON_FUNCTION,
+    # a CPU run's device steps and their hand-overs, which abprof run adds (capture/device_ops.py)
+    "cpu_device_op": KERNEL, "cpu_device_launch": RUNTIME,
 }
 CAT_NAMES = ("kernel", "gpu_memcpy", "gpu_memset", "cuda_runtime", "cuda_driver", "cpu_op", "user_annotation",
              "python_function")

@@ -50,7 +50,8 @@ def build_metrics_doc(trace_doc: dict[str, Any], result, nvml: tuple, run_doc: d
     doc["nvml"] = n_section
     doc["run"] = {"mode": run_doc["mode"], "engine": run_doc["engine"], "profiled_steps": run_doc["profiled_steps"],
                   "num_steps": run_doc.get("num_steps"), "workload": run_doc["workload"],
-                  "model": run_doc.get("model", {}).get("model"), "notes": run_doc.get("notes", [])}
+                  "model": run_doc.get("model", {}).get("model"), "device": run_doc.get("model", {}).get("device"),
+                  "notes": run_doc.get("notes", [])}
     if overhead is not None:
         doc["profiler_overhead"] = overhead
     if run_doc.get("model", {}).get("device") == "cpu":

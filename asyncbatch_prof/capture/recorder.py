@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from asyncbatch_prof.capture.device_ops import add_device_ops
 from asyncbatch_prof.capture.environment import environment
 from asyncbatch_prof.capture.nvml import NvmlSampler, nvml_metrics
 from asyncbatch_prof.capture.profiler import PROFILER_LOG, ProfileWindow, StepProfiler, warm_up_profiler
@@ -102,6 +103,11 @@ def record(engine, requests: list, settings: RecordSettings, trace_path: Path,
             notes.append(engine.thread_note(profiler.all_threads))
     finally:
         sampler.stop()
+    device_spans = getattr(result, "device_spans_ns", None)
+    if profiler.trace_written and device_spans:  # a CPU device side: its steps are not in the recording
+        added = add_device_ops(trace_path, device_spans)
+        notes.append(f"a CPU run: its device is the engine's device {_device_kind(engine)}; the trace holds its "
+                     f"{added} steps of the window as cpu_device_op rows (docs/metrics.md)")
     start_us = sampler.marks["generate_start"]["epoch_us"]
     end_us = sampler.marks["generate_end"]["epoch_us"]
     return Capture(
@@ -110,6 +116,14 @@ def record(engine, requests: list, settings: RecordSettings, trace_path: Path,
         nvml_status=sampler.status(), environment=env, profiler=profiler.describe(),
         model=engine.describe(),  # engines that size themselves on the workload know more now
         notes=notes, overhead=overhead, unprofiled_spans=plain.step_spans_s if settings.measure_overhead else None)
+
+
+def _device_kind(engine) -> str:
+    """What runs a CPU engine's device work, in words."""
+    model = engine.describe() if hasattr(engine, "describe") else {}
+    if model.get("cpu_worker_process"):
+        return "process (a forked child)"
+    return "thread (a worker)" if model.get("mode") == "async" else "work, inline on the engine thread"
 
 
 def window_step_overhead(spans: list, unprofiled_spans: list | None, steps: list[int] | None) -> dict[str, Any]:

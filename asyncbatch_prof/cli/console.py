@@ -21,6 +21,9 @@ SUMMARY_ROWS = (
     ("nvml_util_pct", "NVML util (a kernel ran)"), ("joules_per_token", "energy per token"),
     ("clock_throttled", "clocks throttled"),
 )
+# a CPU run's device is the engine's device process (or thread): the same metrics, named for it
+CPU_TITLES = {"gpu_idle_pct": "device idle (trace)", "overlap_pct": "host/device overlap",
+              "nvml_util_pct": "NVML util (no GPU)"}
 
 
 class _StepColumn(ProgressColumn):
@@ -74,7 +77,9 @@ def summary_table(labels: Sequence[str], docs: Sequence[dict[str, Any]]) -> tupl
     for label in labels:
         table.add_column(label, justify="right")
     reasons: dict[str, set[str]] = {}
+    cpu = bool(docs) and all(doc.get("run", {}).get("device") == "cpu" for doc in docs)
     for metric, title in SUMMARY_ROWS:
+        title = CPU_TITLES.get(metric, title) if cpu else title
         cells = []
         for doc in docs:
             value, reason = lookup(doc, metric)

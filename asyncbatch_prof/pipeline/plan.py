@@ -233,11 +233,11 @@ def plan_runs(opts: RunOptions, command: list[str] | None = None) -> RunPlan:
     defaults = CUDA_DEFAULTS if cuda else CPU_DEFAULTS
     notes = [] if cuda else [f"no CUDA device: running the {opts.model or 'tiny'} model on the CPU"
                              + ("" if opts.requests or opts.workload_jsonl else " with a small workload")
-                             + "; GPU metrics will be absent"]
+                             + "; NVML metrics will be absent"]
     _check_options(opts, mode, engine, cuda)
     if not cuda and engine is EngineName.REFERENCE and (opts.tp or 1) == 1:
         # one terminal line (80 columns with "abprof: "); reference_engine/cpu_process.py says why
-        notes.append("a child process plays the GPU; its compute is not in the trace")
+        notes.append("a child process plays the GPU; abprof adds its steps to the trace")
     if opts.split_prefill_decode and not cuda:
         # one terminal line (80 columns with "abprof: "); run.json's notes say more
         notes.append("--split-prefill-decode falls back on the CPU: both batches run in turn")
