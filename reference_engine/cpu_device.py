@@ -61,6 +61,13 @@ class CpuDevice:
         # per launched step: (hand-over start, hand-over end, work start, work end), epoch ns (``device_spans_ns``)
         self.spans: list[tuple[int, int, int, int]] = []
 
+    @property
+    def device_spans(self) -> list[tuple[int, int, int, int]] | None:
+        """``spans`` where the device work runs apart from the host (the worker thread), None inline: there the
+        engine thread does the device work itself, and its time is host work (the forked device process reads
+        its inline ``spans``)."""
+        return self.spans if self._worker is not None else None
+
     def copy_pending(self, k: int) -> concurrent.futures.Future | None:
         """The worker step still reading host buffer ``k``, or None when it is done."""
         fut = self._copy_done[k]

@@ -101,6 +101,11 @@ class CpuProcessDevice:
         self.spans: list[tuple[int, int, int, int]] = []
         self._finalizer = weakref.finalize(self, _stop, self._proc, self._conn)
 
+    @property
+    def device_spans(self) -> list[tuple[int, int, int, int]]:
+        """``spans``: the child's steps, apart from the host (``GenerateResult.device_spans_ns``)."""
+        return self.spans
+
     def configure(self, params, seed: int) -> None:
         """The sampling parameters and generator seed of the next ``generate`` (the child samples)."""
         self._send(("sampling", params, seed))

@@ -154,7 +154,7 @@ class LLMEngine:
                               self.max_model_len, self.eos_token_id)
         scheduler.add(seqs, self.vocab_size)
         loop = run_async if cfg.mode == "async" else run_sync
-        device_spans = getattr(runner.device_side, "spans", None)  # CPU device sides: when each step ran
+        device_spans = getattr(runner.device_side, "device_spans", None)  # a CPU device apart from the host
         if device_spans is not None:
             device_spans.clear()
         start_epoch_ns = time.time_ns()

@@ -38,9 +38,10 @@ class GenerateResult:
     # always recorded (two clock reads a step), so a step's wall time can be compared with and without a profiler
     step_spans_s: list[tuple[float, float]] = field(default_factory=list)
     rank: int = 0  # tensor parallelism: ranks other than 0 hold no records
-    # CPU device sides: each launched step's (hand-over start, hand-over end, device work start, device work end),
-    # epoch ns (time.time_ns, one clock for the engine's process and its device process); empty on CUDA, whose
-    # device work the profiler records itself
+    # a CPU device side apart from the host (the device process, the worker thread): each launched step's
+    # (hand-over start, hand-over end, device work start, device work end), epoch ns (time.time_ns, one clock for
+    # the engine's process and its device process); empty on CUDA, whose device work the profiler records
+    # itself, and for inline device work, which is the engine thread's own
     device_spans_ns: list[tuple[int, int, int, int]] = field(default_factory=list)
 
     @property

@@ -119,11 +119,9 @@ def record(engine, requests: list, settings: RecordSettings, trace_path: Path,
 
 
 def _device_kind(engine) -> str:
-    """What runs a CPU engine's device work, in words."""
+    """What runs a CPU engine's device work apart from its host thread, in words."""
     model = engine.describe() if hasattr(engine, "describe") else {}
-    if model.get("cpu_worker_process"):
-        return "process (a forked child)"
-    return "thread (a worker)" if model.get("mode") == "async" else "work, inline on the engine thread"
+    return "process (a forked child)" if model.get("cpu_worker_process") else "thread (a worker)"
 
 
 def window_step_overhead(spans: list, unprofiled_spans: list | None, steps: list[int] | None) -> dict[str, Any]:
