@@ -59,9 +59,9 @@ class EngineConfig:
     # each decode graph in a few pieces over growing runs of layers (cuda_graphs.piece_bounds), so that the
     # GPU starts on the first while the host launches the rest; False: one graph per batch size
     piecewise_graphs: bool = True
-    # a decode step whose device is idle (the sync loop) has its input copy captured in a small first graph (the
-    # embedding and rotary lookups) ahead of the pieces (cuda_graphs.DecodeGraph); False: a copy_, then the graphs.
-    # With piecewise_graphs only
+    # a decode step whose device is idle (the sync loop) has its input copy captured in its first piece (the
+    # embedding, rotary lookups and layer 0: cuda_graphs.DecodeGraph); False: a copy_, then the graphs.
+    # With more than one piece only
     graph_copy: bool = True
     # decode steps on the CPU through one traced call (reference_engine.cpu_graphs) instead of ~100 torch calls
     # from Python. None: on for a CPU engine without tensor parallelism, off on CUDA

@@ -154,9 +154,9 @@ class LLMEngine:
                               self.max_model_len, self.eos_token_id)
         scheduler.add(seqs, self.vocab_size)
         loop = run_async if cfg.mode == "async" else run_sync
-        device_spans = getattr(runner.device_side, "device_spans", None)  # a CPU device apart from the host
-        if device_spans is not None:
-            device_spans.clear()
+        spans_kept = getattr(runner.device_side, "spans", None)  # CPU device sides time their steps: per generate
+        if spans_kept is not None:
+            spans_kept.clear()
         start_epoch_ns = time.time_ns()
         t0 = time.perf_counter()
 
@@ -172,7 +172,8 @@ class LLMEngine:
                 torch.cuda.synchronize(self.device)
         self.last_scheduler = scheduler
         return GenerateResult(records, wall, sum(len(r.output_token_ids) for r in records), len(spans),
-                              start_epoch_ns, step_spans_s=spans, device_spans_ns=list(device_spans or []))
+                              start_epoch_ns, step_spans_s=spans,
+                              device_spans_ns=list(getattr(runner.device_side, "device_spans", None) or []))
 
     def _follow(self, on_step) -> GenerateResult:
         start_epoch_ns, t0 = time.time_ns(), time.perf_counter()

@@ -103,10 +103,11 @@ def record(engine, requests: list, settings: RecordSettings, trace_path: Path,
             notes.append(engine.thread_note(profiler.all_threads))
     finally:
         sampler.stop()
+    model = engine.describe()  # engines that size themselves on the workload know more now
     device_spans = getattr(result, "device_spans_ns", None)
     if profiler.trace_written and device_spans:  # a CPU device side: its steps are not in the recording
         added = add_device_ops(trace_path, device_spans)
-        notes.append(f"a CPU run: its device is the engine's device {_device_kind(engine)}; the trace holds its "
+        notes.append(f"a CPU run: its device is the engine's device {_device_kind(model)}; the trace holds its "
                      f"{added} steps of the window as cpu_device_op rows (docs/metrics.md)")
     start_us = sampler.marks["generate_start"]["epoch_us"]
     end_us = sampler.marks["generate_end"]["epoch_us"]
@@ -114,13 +115,12 @@ def record(engine, requests: list, settings: RecordSettings, trace_path: Path,
         result=result, trace_path=trace_path if profiler.trace_written else None,
         nvml_samples=sampler.snapshot(), nvml=nvml_metrics(sampler, start_us, end_us, result.output_tokens),
         nvml_status=sampler.status(), environment=env, profiler=profiler.describe(),
-        model=engine.describe(),  # engines that size themselves on the workload know more now
+        model=model,
         notes=notes, overhead=overhead, unprofiled_spans=plain.step_spans_s if settings.measure_overhead else None)
 
 
-def _device_kind(engine) -> str:
-    """What runs a CPU engine's device work apart from its host thread, in words."""
-    model = engine.describe() if hasattr(engine, "describe") else {}
+def _device_kind(model: dict) -> str:
+    """What runs a CPU engine's device work apart from its host thread (``model``: its ``describe()``), in words."""
     return "process (a forked child)" if model.get("cpu_worker_process") else "thread (a worker)"
 
 
@@ -138,7 +138,8 @@ def window_step_overhead(spans: list, unprofiled_spans: list | None, steps: list
         return {"window_step_overhead_reason": f"the passes scheduled differently ({len(unprofiled_spans)} steps "
                                                f"unprofiled, {len(spans)} profiled)"}
     ratios = [(spans[k][1] - spans[k][0]) / (unprofiled_spans[k][1] - unprofiled_spans[k][0])
-              for k in range(steps[0], min(steps[1] + 1, len(spans))) if unprofiled_spans[k][1] > unprofiled_spans[k][0]]
+              for k in range(steps[0], min(steps[1] + 1, len(spans)))
+              if unprofiled_spans[k][1] > unprofiled_spans[k][0]]
     if not ratios:
         return {"window_step_overhead_reason": "no step of the window in both passes"}
     return {"window_step_overhead_pct": round(100 * (statistics.median(ratios) - 1), 3),

@@ -24,6 +24,9 @@ def test_the_engine_reports_when_each_device_step_ran(mode, process):
                              vocab_size=engine.vocab_size)
         engine.generate(reqs)  # a first pass's spans do not carry over
         result = engine.generate(reqs)
+        kept = engine.runner.device_side.spans  # (inline too: kept per generate, never growing across them)
+        assert len(kept) == len(result.device_spans_ns) or (not result.device_spans_ns
+                                                             and len(kept) <= result.num_steps)
     finally:
         engine.close()
     spans = result.device_spans_ns
